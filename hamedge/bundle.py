@@ -1,0 +1,378 @@
+"""Export bundles: one self-describing directory per exported model. No torch here.
+
+Layout (written by `hamedge export`, read by every runtime backend)::
+
+    model.hamedge/
+      spec.json            {"format", "spec": ModelSpec, "graph": GraphInfo, "provenance": {...}}
+      model.onnx           fp32 graph, dynamic batch (TensorRT builds fp16 engines from it)
+      model.int8.onnx      INT8 Q/DQ, symmetric S8S8, zero points 0: the form TensorRT needs
+      model.int8.cpu.onnx  INT8 Q/DQ, uint8 activations (U8S8): the form ONNX Runtime runs fast on x86
+      model.plugin.onnx    optional: the graph with the fused-refinement TensorRT plugin node
+      calibration.json     images, method, tensor ranges hash, accuracy deltas (only with --int8)
+      weights.safetensors  copy of the checkpoint (for the torch backend)
+      engines/*.plan       TensorRT plans, each with a record engines/<same name>.json
+      checksums            "<sha256>  <relative path>" for every file above
+
+`Bundle.open` verifies every checksum; only files listed in `checksums` belong to the bundle.
+`BundleWriter` builds a bundle in a temporary directory beside the target and renames it into
+place at the end, so a bundle is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from hamedge.errors import BundleError, SpecError
+from hamedge.fsutil import atomic_write, sha256_file, write_bytes, write_text
+from hamedge.spec import ModelSpec
+
+BUNDLE_FORMAT = "hamedge-bundle/1"
+SPEC_FILE = "spec.json"
+CHECKSUMS_FILE = "checksums"
+CALIBRATION_FILE = "calibration.json"
+WEIGHTS_FILE = "weights.safetensors"
+ENGINES_DIR = "engines"
+PLUGIN_GRAPH = "model.plugin.onnx"
+
+# (precision, target) -> graph file. "cpu" is ONNX Runtime (or any CPU runtime), "tensorrt" the GPU
+# builder. fp16 has no graph of its own: TensorRT builds fp16 engines from the fp32 graph.
+GRAPH_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8_cpu": "model.int8.cpu.onnx"}
+PRECISIONS = ("fp32", "fp16", "int8")
+TARGETS = ("cpu", "tensorrt")
+
+OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the exported graphs take and give (the same for every precision of one bundle)."""
+
+    input_channels: int  # 1 when the grayscale replication is folded into the first convolution
+    input_size: int  # S: the graph takes (B, input_channels, S, S) float32, already preprocessed
+    heatmaps: str  # "raw": ReLU CAMs at feature_size; "refined": refined heatmaps at input_size
+    feature_size: int  # h = w of the raw maps
+    opset: int
+    input_name: str = "image"
+    output_names: tuple[str, ...] = OUTPUT_NAMES
+    dynamic_batch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.input_channels not in (1, 3):
+            raise BundleError(f"graph input_channels must be 1 or 3, not {self.input_channels}")
+        if self.heatmaps not in ("raw", "refined"):
+            raise BundleError(f"graph heatmaps must be 'raw' or 'refined', not {self.heatmaps!r}")
+
+    @property
+    def heatmap_size(self) -> int:
+        """Side of the `attention_maps` output."""
+        return self.input_size if self.heatmaps == "refined" else self.feature_size
+
+    @property
+    def folded(self) -> bool:
+        return self.input_channels == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output_names"] = list(self.output_names)
+        data["heatmap_size"] = self.heatmap_size
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GraphInfo":
+        data = {k: v for k, v in data.items() if k != "heatmap_size"}
+        if "output_names" in data:
+            data["output_names"] = tuple(data["output_names"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BundleError(f"spec.json has an invalid graph section: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """Metadata stored beside each TensorRT plan (engines/<name>.json)."""
+
+    plan: str  # file name of the plan inside engines/
+    gpu_name: str
+    compute_capability: str  # "8.7", "9.0"
+    trt_version: str
+    precision: str  # fp16 | int8 | fp32 | torch-trt-*
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    onnx_file: str  # graph it was built from (relative to the bundle)
+    onnx_sha256: str
+    dla_core: int | None = None
+    builder: str = "tensorrt"  # or "torch-tensorrt"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineRecord":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BundleError(f"invalid engine record: {exc}") from None
+
+
+def _safe_relpath(rel: str) -> str:
+    """A checksum path must stay inside the bundle: relative, no '..', posix separators."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
+        raise BundleError(f"checksums names a path outside the bundle: {rel!r}")
+    return str(p)
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """sha256sum format ("<64 hex>  <relative path>") -> {path: hex}."""
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            raise BundleError(f"checksums line {number} is not '<sha256>  <path>': {line[:80]!r}")
+        entries[_safe_relpath(rel.lstrip("*"))] = digest.lower()
+    return entries
+
+
+def format_checksums(entries: dict[str, str]) -> str:
+    return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(entries.items()))
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root except the checksums file and hidden temp files."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or rel == CHECKSUMS_FILE or any(part.startswith(".") for part in
+                                                              PurePosixPath(rel).parts):
+            continue
+        entries[rel] = sha256_file(path)
+    return entries
+
+
+class Bundle:
+    """A verified export bundle. Open with `Bundle.open(path)`."""
+
+    def __init__(self, root: Path, meta: dict[str, Any], files: dict[str, str]) -> None:
+        self.root = root
+        self._meta = meta
+        self.files = files  # relative path -> sha256, as verified
+        try:
+            self.spec = ModelSpec.from_dict(meta["spec"])
+        except (KeyError, SpecError) as exc:
+            raise BundleError(f"{root / SPEC_FILE}: invalid model spec: {exc}") from None
+        if "graph" not in meta:
+            raise BundleError(f"{root / SPEC_FILE} has no graph section")
+        self.graph = GraphInfo.from_dict(meta["graph"])
+        self.provenance: dict[str, Any] = dict(meta.get("provenance", {}))
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Open and (by default) verify a bundle; any missing or altered file is a BundleError."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"no bundle at {root} (not a directory)")
+        sums = root / CHECKSUMS_FILE
+        if not sums.is_file():
+            raise BundleError(f"{root} is not a hamedge bundle (no {CHECKSUMS_FILE} file)")
+        files = parse_checksums(sums.read_text(encoding="utf-8"))
+        if SPEC_FILE not in files:
+            raise BundleError(f"{sums} does not list {SPEC_FILE}")
+        for rel, digest in files.items():
+            target = root / rel
+            if not target.is_file():
+                raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
+            if verify and sha256_file(target) != digest:
+                raise BundleError(f"bundle {root}: checksum mismatch for {rel} "
+                                  "(file changed or corrupt; re-export the bundle)")
+        try:
+            meta = json.loads((root / SPEC_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{root / SPEC_FILE} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise BundleError(f"{root / SPEC_FILE}: unsupported bundle format {found!r} "
+                              f"(this hamedge reads {BUNDLE_FORMAT})")
+        return cls(root, meta, files)
+
+    # -- contents ------------------------------------------------------------------------------
+    def has(self, rel: str) -> bool:
+        return rel in self.files
+
+    def path_for(self, precision: str = "fp32", target: str = "cpu") -> Path:
+        """The ONNX graph to run or build for this precision on this target.
+
+        fp32/fp16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
+        int8 on "cpu" -> model.int8.cpu.onnx (U8S8), or the symmetric graph when the bundle has no
+        CPU form (correct, only slower on x86).
+        """
+        if precision not in PRECISIONS:
+            raise BundleError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+        if target not in TARGETS:
+            raise BundleError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+        if precision in ("fp32", "fp16"):
+            candidates = [GRAPH_FILES["fp32"]]
+        elif target == "cpu":
+            candidates = [GRAPH_FILES["int8_cpu"], GRAPH_FILES["int8"]]
+        else:
+            candidates = [GRAPH_FILES["int8"]]
+        for rel in candidates:
+            if rel in self.files:
+                return self.root / rel
+        hint = " (export with --int8)" if precision == "int8" else ""
+        raise BundleError(f"bundle {self.root} has no {precision} graph for {target}{hint}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions this bundle has graphs for (fp16 whenever fp32 exists: TensorRT's choice)."""
+        out = []
+        if GRAPH_FILES["fp32"] in self.files:
+            out += ["fp32", "fp16"]
+        if GRAPH_FILES["int8"] in self.files or GRAPH_FILES["int8_cpu"] in self.files:
+            out.append("int8")
+        return tuple(out)
+
+    @property
+    def plugin_graph_path(self) -> Path | None:
+        return self.root / PLUGIN_GRAPH if PLUGIN_GRAPH in self.files else None
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        if CALIBRATION_FILE not in self.files:
+            return None
+        return json.loads((self.root / CALIBRATION_FILE).read_text(encoding="utf-8"))
+
+    @property
+    def weights_path(self) -> Path | None:
+        return self.root / WEIGHTS_FILE if WEIGHTS_FILE in self.files else None
+
+    @property
+    def engines(self) -> list[EngineRecord]:
+        """Engine records listed in checksums (engines/*.json), whose plans are listed too."""
+        records = []
+        for rel in sorted(self.files):
+            parts = PurePosixPath(rel).parts
+            if len(parts) == 2 and parts[0] == ENGINES_DIR and rel.endswith(".json"):
+                data = json.loads((self.root / rel).read_text(encoding="utf-8"))
+                record = EngineRecord.from_dict(data)
+                if f"{ENGINES_DIR}/{record.plan}" in self.files:
+                    records.append(record)
+        return records
+
+    def engine_path(self, record: EngineRecord) -> Path:
+        return self.root / ENGINES_DIR / record.plan
+
+    # -- adding engines after export (first `infer` on a GPU, or `export --engine`) ---------------
+    def add_engine(self, plan: bytes, record: EngineRecord) -> Path:
+        """Store a plan and its record, then rewrite checksums (each file written atomically)."""
+        name = PurePosixPath(record.plan)
+        if len(name.parts) != 1 or not record.plan.endswith(".plan"):
+            raise BundleError(f"engine plan name must be a bare '*.plan' file name: {record.plan!r}")
+        plan_path = self.root / ENGINES_DIR / record.plan
+        json_rel = f"{ENGINES_DIR}/{name.stem}.json"
+        write_bytes(plan_path, plan)
+        write_text(self.root / json_rel, json.dumps(record.to_dict(), indent=2, sort_keys=True))
+        self.files[f"{ENGINES_DIR}/{record.plan}"] = sha256_file(plan_path)
+        self.files[json_rel] = sha256_file(self.root / json_rel)
+        write_text(self.root / CHECKSUMS_FILE, format_checksums(self.files))
+        return plan_path
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r}, {self.spec.arch}, {', '.join(self.precisions)})"
+
+
+class BundleWriter:
+    """Build a bundle in a temporary directory beside `target`; `commit()` renames it into place.
+
+    Use as a context manager: an exception (or leaving without commit) removes the temporary
+    directory, so a half-written bundle never appears at `target`. An existing target is refused
+    unless `force`, checked both on entry (fail fast) and at commit.
+    """
+
+    def __init__(self, target: str | os.PathLike, force: bool = False) -> None:
+        self.target = Path(target)
+        self.force = force
+        self._check_target()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial",
+                                         dir=self.target.parent))
+        self.committed = False
+
+    def _check_target(self) -> None:
+        if self.target.exists() and not self.force:
+            raise BundleError(f"{self.target} already exists (use --force to replace it)")
+        if self.target.exists() and not self.target.is_dir():
+            raise BundleError(f"{self.target} exists and is not a directory")
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
+
+    def path(self, rel: str) -> Path:
+        """Where a file goes inside the (temporary) bundle; parent folders are created."""
+        dest = self.tmp / _safe_relpath(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return dest
+
+    def open(self, rel: str, mode: str = "wb"):
+        """atomic_write into the bundle (for writers that stream)."""
+        return atomic_write(self.path(rel), mode)
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        dest = self.path(rel)
+        write_bytes(dest, data)
+        return dest
+
+    def write_json(self, rel: str, data: Any) -> Path:
+        dest = self.path(rel)
+        write_text(dest, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return dest
+
+    def copy_file(self, src: str | os.PathLike, rel: str) -> Path:
+        dest = self.path(rel)
+        with open(src, "rb") as fin, atomic_write(dest, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        return dest
+
+    def write_spec(self, spec: ModelSpec, graph: GraphInfo, provenance: dict[str, Any]) -> Path:
+        return self.write_json(SPEC_FILE, {"format": BUNDLE_FORMAT, "spec": spec.to_dict(),
+                                           "graph": graph.to_dict(), "provenance": provenance})
+
+    def add_engine(self, plan: bytes, record: EngineRecord) -> Path:
+        stem = PurePosixPath(record.plan).stem
+        self.write_json(f"{ENGINES_DIR}/{stem}.json", record.to_dict())
+        return self.write_bytes(f"{ENGINES_DIR}/{record.plan}", plan)
+
+    def commit(self) -> Bundle:
+        """Write checksums, rename the temporary directory to the target, return the opened bundle."""
+        if not (self.tmp / SPEC_FILE).is_file():
+            raise BundleError("bundle has no spec.json; write_spec() before commit()")
+        write_text(self.tmp / CHECKSUMS_FILE, format_checksums(_hash_tree(self.tmp)))
+        self._check_target()
+        old = None
+        if self.target.exists():  # force: move the old bundle aside, swap, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old",
+                                        dir=self.target.parent))
+            os.replace(self.target, old / "bundle")
+        os.replace(self.tmp, self.target)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return Bundle.open(self.target, verify=False)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
