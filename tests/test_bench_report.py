@@ -1,0 +1,185 @@
+"""Bench statistics, tables, compare, plots and the offline page, on a hand-made results document."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hamedge.bench import compare, html, latency, plots, report, results
+from hamedge.errors import HamedgeError
+
+
+def test_stats_match_numpy_percentiles_and_throughput():
+    ns = np.arange(1, 201, dtype=np.int64) * 1_000_000  # 1..200 ms
+    s = latency.LatencyStats.from_ns(ns, batch=4)
+    ms = ns / 1e6
+    assert s.samples == 200 and s.min_ms == 1.0 and s.max_ms == 200.0
+    assert s.median_ms == pytest.approx(np.median(ms))
+    assert s.p99_ms == pytest.approx(np.percentile(ms, 99))
+    assert s.p90_ms < s.p95_ms < s.p99_ms
+    # 200 calls of 4 images over sum(1..200) ms
+    assert s.throughput == pytest.approx(4 * 200 / (ms.sum() / 1e3))
+    assert s.ms_per_image == pytest.approx(ms.mean() / 4)
+    assert s.p99_meaningful
+    assert not latency.LatencyStats.from_ns(ns[:50], batch=1).p99_meaningful
+
+
+def test_time_calls_excludes_warmup_and_obeys_stop_rules():
+    calls = []
+    rule = latency.StopRule.from_options(warmup=5, iterations=7, seconds=None)
+    samples = latency.time_calls(lambda: calls.append(1), rule)
+    assert len(calls) == 12 and len(samples) == 7 and (samples >= 0).all()
+    rule = latency.StopRule.from_options(warmup=0, iterations=None, seconds=0.05)
+    samples = latency.time_calls(lambda: None, rule)
+    assert len(samples) >= latency.MIN_SAMPLES
+    default = latency.StopRule.from_options(warmup=1, iterations=None, seconds=None)
+    assert default.iterations == latency.DEFAULT_MAX_ITERATIONS and default.seconds
+    with pytest.raises(HamedgeError):
+        latency.StopRule.from_options(warmup=1, iterations=10, seconds=1.0)
+    with pytest.raises(HamedgeError):
+        latency.StopRule.from_options(warmup=-1, iterations=None, seconds=None)
+
+
+def _entry(backend, precision, batch, mode, ms, baseline=False):
+    stats = latency.LatencyStats.from_ns(np.full(120, int(ms * 1e6)), batch).to_dict()
+    return {"backend": backend, "precision": precision, "batch": batch, "mode": mode,
+            "baseline": baseline, "stats": stats, "size_bytes": 12_000_000}
+
+
+def fake_results(int8_speed=4.0, int8_auc=0.70) -> dict:
+    r = results.new_results()
+    r["model"] = {"name": "tiny", "arch": "resnet18", "output_stride": 32, "input_size": 64}
+    r["settings"] = {"warmup": 2, "stop_rule_text": "120 iterations", "data_description": "synthetic"}
+    for batch in (1, 4):
+        for mode in ("model", "e2e"):
+            r["latency"].append(_entry("torch-eager", "fp32", batch, mode, 40.0 * batch, baseline=True))
+            r["latency"].append(_entry("onnxruntime", "fp32", batch, mode, 20.0 * batch))
+            r["latency"].append(_entry("onnxruntime", "int8", batch, mode, 40.0 * batch / int8_speed))
+    classes = ["A", "B"]
+    r["accuracy"] = [
+        {"backend": "torch-eager", "precision": "fp32", "reference": True, "mean_auc": 0.75,
+         "class_auc": dict(zip(classes, (0.7, 0.8))), "anomaly_auc": 0.8,
+         "tiou": {"0.1": 0.5, "0.3": 0.3}, "tior": {"0.5": 0.4}, "agreement": {}, "delta": {},
+         "within_budget": True, "budget_failures": []},
+        {"backend": "onnxruntime", "precision": "int8", "reference": False, "mean_auc": int8_auc,
+         "class_auc": dict(zip(classes, (0.65, 0.75))), "anomaly_auc": 0.79,
+         "tiou": {"0.1": 0.5, "0.3": 0.3}, "tior": {"0.5": 0.4},
+         "agreement": {"max_prob_diff": 0.02, "mean_heatmap_iou": 0.9, "min_heatmap_iou": 0.5, "flips": 1},
+         "delta": {"mean_auc": int8_auc - 0.75, "tiou_0.3": 0.0},
+         "within_budget": int8_auc >= 0.745, "budget_failures": [] if int8_auc >= 0.745 else ["AUC -0.05"]},
+    ]
+    results.fill_speedups(r)
+    return r
+
+
+def test_speedups_are_against_eager_at_same_batch_and_mode():
+    r = fake_results()
+    by = {(e["backend"], e["precision"], e["batch"], e["mode"]): e for e in r["latency"]}
+    assert by[("torch-eager", "fp32", 1, "e2e")]["speedup"] == pytest.approx(1.0)
+    assert by[("onnxruntime", "fp32", 4, "model")]["speedup"] == pytest.approx(2.0)
+    assert by[("onnxruntime", "int8", 1, "e2e")]["speedup"] == pytest.approx(4.0)
+
+
+def test_tables_flag_configurations_over_budget():
+    r = fake_results(int8_auc=0.70)
+    acc = report.accuracy_table(r)
+    assert acc.flagged == [False, True]
+    assert any("NO" in c for c in acc.rows[1])
+    summary = report.summary_table(r)
+    int8 = summary.rows[[row[0] for row in summary.rows].index("onnxruntime/int8")]
+    assert int8[-1].startswith("NO") and "4.00x" in int8
+    md = report.render_markdown(r)
+    assert "**onnxruntime/int8**" in md and "| torch-eager/fp32 |" in md
+    lat = report.latency_table(r)
+    assert len(lat.rows) == 12 and "baseline" in [row[-1] for row in lat.rows]
+
+
+def test_compare_reports_faster_and_slower(tmp_path):
+    a, b = fake_results(int8_speed=2.0), fake_results(int8_speed=4.0)
+    b["latency"] = [e for e in b["latency"] if not (e["precision"] == "fp32" and e["backend"] == "onnxruntime"
+                                                  and e["batch"] == 4)]
+    b["latency"][0]["stats"]["throughput"] *= 0.5  # eager b1 model got 2x slower
+    cmp = compare.compare_results(a, b)
+    verdicts = {(c.config, c.batch, c.mode): c for c in cmp["latency"]}
+    assert verdicts[("onnxruntime/int8", 1, "e2e")].verdict == "faster"
+    assert verdicts[("onnxruntime/int8", 1, "e2e")].ratio == pytest.approx(2.0)
+    assert verdicts[("torch-eager/fp32", 1, "model")].verdict == "slower"
+    assert verdicts[("onnxruntime/fp32", 1, "model")].verdict == "same"
+    assert "onnxruntime/fp32/4/model" in cmp["only_a"]
+    assert compare.format_ratio(0.5) == "2.00x slower"
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    compare.print_comparison(cmp, "A", "B", console=console)
+    text = console.export_text()
+    assert "2.00x faster" in text and "2.00x slower" in text
+
+
+def test_load_results_refuses_other_files(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(HamedgeError):
+        results.load_results(tmp_path / "x.json")
+    with pytest.raises(HamedgeError):
+        results.load_results(tmp_path / "missing.json")
+
+
+def _write_fake_overlays(r, out: Path):
+    from PIL import Image
+
+    for i, image in enumerate(("a.png", "b.png")):
+        for config in ("torch-eager/fp32", "onnxruntime/int8"):
+            name = f"overlay_{i}_{config.replace('/', '_')}.png"
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(out / name)
+            r["overlays"].append({"image": image, "config": config, "file": name, "caption": "A p=0.9"})
+
+
+def test_plots_and_page_are_written(tmp_path):
+    r = fake_results()
+    made = plots.write_plots(r, tmp_path)
+    assert set(made) == {"latency", "throughput", "accuracy"}
+    for name in made.values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _write_fake_overlays(r, tmp_path)
+    page = html.render_html(r, tmp_path, made)
+    assert "http://" not in page and "https://" not in page  # offline: nothing fetched
+    assert page.count("<img") == 3 + 4
+    assert "over-budget" in page
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
+    return exe
+
+
+def dump_dom(page: Path, tmp_path: Path) -> str:
+    out = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
+         "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_page_renders_in_headless_chromium(tmp_path):
+    r = fake_results()
+    made = plots.write_plots(r, tmp_path)
+    _write_fake_overlays(r, tmp_path)
+    page = tmp_path / "report.html"
+    page.write_text(html.render_html(r, tmp_path, made))
+    dom = dump_dom(page, tmp_path)
+    status = re.search(r"id=\"render-status\"[^>]*", dom).group(0)
+    images = int(re.search(r'data-images="(\d+)"', status).group(1))
+    rendered = int(re.search(r'data-rendered="(\d+)"', status).group(1))
+    rows = int(re.search(r'data-tables="(\d+)"', status).group(1))
+    assert images == 7 and rendered == images
+    assert rows >= 12 + 3
