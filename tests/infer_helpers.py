@@ -1,0 +1,73 @@
+"""Test helpers for the runtime / pipeline / infer / api tests: a tiny exported bundle.
+
+A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.export and
+written with hamedge.bundle.BundleWriter (what `hamedge export` does, minus INT8 and engines).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hamedge.spec import ModelSpec
+
+TINY_SPEC = ModelSpec(arch="resnet18", output_stride=32, input_size=64,
+                      class_thresholds=(0.45,) * 14, anomaly_threshold=0.5)
+
+
+def make_bundle(target: Path, spec: ModelSpec = TINY_SPEC, seed: int = 0, fold: bool = True,
+                full_res: bool = False, int8: bool = False) -> Path:
+    import onnx
+    import torch
+
+    from hamedge.bundle import BundleWriter
+    from hamedge.model.checkpoint import save_checkpoint
+    from hamedge.model.export import export_onnx
+    from hamedge.model.network import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    # Random BatchNorm statistics so the outputs are not degenerate.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    exported = export_onnx(model, fold=fold, full_res=full_res, simplify=False)
+    with BundleWriter(target, force=True) as writer:
+        writer.write_bytes("model.onnx", exported.model.SerializeToString())
+        if int8:
+            writer.write_bytes("model.int8.cpu.onnx", _quantize(exported.model, spec, fold))
+        save_checkpoint(model, spec, writer.path("weights.safetensors"))
+        writer.write_spec(spec, exported.graph, {"test": "tiny random HAM", "seed": seed,
+                                                 "checkpoint_sha256": f"seed{seed}"})
+        writer.commit()
+    del onnx
+    return target
+
+
+def _quantize(proto, spec: ModelSpec, fold: bool) -> bytes:
+    """A U8S8 Q/DQ graph from onnxruntime's quantiser with random calibration data."""
+    import tempfile
+
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    channels = 1 if fold else spec.in_channels
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": rng.standard_normal((1, channels, spec.input_size,
+                                                               spec.input_size)).astype(np.float32)}
+                               for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "m.onnx"), Path(tmp, "q.onnx")
+        src.write_bytes(proto.SerializeToString())
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"])
+        return dst.read_bytes()
