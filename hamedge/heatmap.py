@@ -131,14 +131,18 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray, kind: str = "overlay",
-                 image: np.ndarray | None = None, colormap: str = "jet") -> str:
+                 image: np.ndarray | None = None, colormap: str = "jet",
+                 size: tuple[int, int] | None = None) -> str:
     """Write one heatmap (values in [0, 1]) atomically; returns the path written.
 
     kind "overlay": colour overlay on ``image`` (PNG, at the image's size);
     "png": the heatmap alone as 8-bit grayscale PNG (at the image's size when given);
-    "npy": float16 array (at the image's size when given). The suffix is set from the kind.
+    "npy": float16 array (at the image's size when given). ``size`` (H, W) overrides the size
+    for png/npy. The suffix is set from the kind.
     """
     path = os.fspath(path)
+    if size is None and image is not None:
+        size = np.shape(image)[:2]
     root, _ = os.path.splitext(path)
     if kind == "overlay":
         if image is None:
@@ -146,13 +150,13 @@ def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray, kind: str = "over
         out = root + ".png"
         write_bytes(out, encode_png(overlay(image, heatmap, colormap)))
     elif kind == "png":
-        heat = heatmap if image is None else resize_heatmap(heatmap, np.shape(image)[:2])
+        heat = heatmap if size is None else resize_heatmap(heatmap, size)
         out = root + ".png"
         write_bytes(out, encode_png((np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)))
     elif kind == "npy":
         import io
 
-        heat = heatmap if image is None else resize_heatmap(heatmap, np.shape(image)[:2])
+        heat = heatmap if size is None else resize_heatmap(heatmap, size)
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(heat, dtype=np.float16))
         out = root + ".npy"

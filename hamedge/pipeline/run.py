@@ -1,0 +1,352 @@
+"""Pipelined folder inference: nothing lost, nothing done twice.
+
+    reader threads (read + preprocess, a bounded window of files in flight)
+        -> main thread: batches of N -> backend.run
+        -> writer thread (bounded queue): predictions, boxes, heatmap files, durable rows
+
+Threads, not processes: decoding (libpng/zlib, pydicom's numpy), Pillow's resize and the backends
+all release the GIL, and threads avoid copying every image between processes.
+A file that cannot be read or preprocessed becomes an error row and the run goes on; a backend
+or writer failure is fatal (exit 2). Exit codes: 0 every input ok, 1 some inputs failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hamedge.errors import DataError, HamedgeError
+from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
+from hamedge.pipeline.prediction import predictions_from_outputs
+from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, ResultsStore
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_FATAL = 2
+
+
+@dataclass
+class InferOptions:
+    batch: int = 8
+    workers: int = 2  # reader threads
+    glob: str | None = None
+    heatmaps: str = "overlay"  # overlay | png | npy | none
+    all_heatmaps: bool = False
+    overwrite: bool = False
+    colormap: str = "jet"
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise HamedgeError("--batch must be at least 1")
+        if self.workers < 1:
+            raise HamedgeError("--workers must be at least 1")
+        if self.heatmaps not in HEATMAP_FORMATS:
+            raise HamedgeError(f"--heatmaps must be one of {', '.join(HEATMAP_FORMATS)}")
+
+
+@dataclass
+class RunSummary:
+    found: int = 0
+    already_done: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    failed_total: int = 0  # error rows in the store, this run and earlier ones
+    seconds: float = 0.0
+    backend: str = ""
+    out_dir: str | None = None
+
+    @property
+    def processed(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed_total else EXIT_OK
+
+    def line(self) -> str:
+        parts = [f"{self.found} input(s)"]
+        if self.already_done:
+            parts.append(f"{self.already_done} already done")
+        parts.append(f"{self.ok} ok, {self.failed} failed")
+        skipped = sum(self.skipped.values())
+        if skipped:
+            what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in self.skipped.items() if n)
+            parts.append(f"{skipped} skipped ({what})")
+        text = "; ".join(parts) + f"; {self.images_per_second:.1f} images/s on {self.backend}"
+        if self.out_dir:
+            text += f"; results in {self.out_dir}"
+        if self.failed_total:
+            text += f" ({self.failed_total} error row(s), see the status and reason columns)"
+        return text
+
+
+@dataclass
+class _Item:
+    path: Path
+    key: str
+    tensor: np.ndarray | None = None
+    image: np.ndarray | None = None  # kept only when an overlay needs it
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+
+def discover(inputs, glob: str | None = None) -> tuple[list[Path], dict[str, int]]:
+    """Files to run from paths given by the user (files or folders, walked recursively), in order,
+    without duplicates. A path that does not exist is a user error (fatal)."""
+    from hamedge.io import find_images
+
+    files: list[Path] = []
+    skipped = {"hidden": 0, "not_image": 0}
+    seen = set()
+    for raw in inputs:
+        root = Path(raw)
+        if not root.exists() and not root.is_symlink():
+            raise HamedgeError(f"{root}: no such file or folder")
+        if root.is_dir():
+            found, skip = find_images(root, glob)
+            for key, n in skip.items():
+                skipped[key] = skipped.get(key, 0) + n
+        else:  # a file named explicitly is always tried (and becomes an error row if bad)
+            found = [root]
+        for path in found:
+            key = os.path.abspath(path)
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files, skipped
+
+
+def _relative_stems(files: list[Path]) -> dict[str, str]:
+    """Per file key, a unique relative stem under heatmaps/ (relative to the common folder)."""
+    keys = [os.path.abspath(p) for p in files]
+    if not keys:
+        return {}
+    common = os.path.commonpath([os.path.dirname(k) for k in keys])
+    return {k: os.path.relpath(k, common) for k in keys}
+
+
+def model_id(bundle) -> str:
+    """Identity of a bundle's model for the results manifest: its spec file and fp32 graph."""
+    digest = hashlib.sha256()
+    for rel in ("spec.json", "model.onnx"):
+        digest.update(f"{rel}={bundle.files.get(rel, '')};".encode())
+    return digest.hexdigest()
+
+
+def _error_line(exc: BaseException, path: Path) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    prefix = f"{path}: "
+    if text.startswith(prefix):  # hamedge.io already names the file; the row has a path column
+        text = text[len(prefix):]
+    if isinstance(exc, (DataError, HamedgeError)):
+        return text
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return f"{type(exc).__name__}: {text}"
+
+
+def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: InferOptions,
+                  model_key: str = "", on_progress: Callable[[int, int], None] | None = None,
+                  on_record: Callable[[dict], None] | None = None) -> RunSummary:
+    """Run every image under ``inputs`` through an open ``backend``.
+
+    ``out_dir`` None writes no files (for --json piping). ``on_progress(done, total)`` is called
+    by the writer as rows land; ``on_record(record)`` gets every row's JSON record.
+    """
+    from hamedge.io import read_image
+    from hamedge.preprocess import preprocess
+
+    options.validate()
+    spec = backend.spec
+    files, skipped = discover(inputs, options.glob)
+    summary = RunSummary(found=len(files), skipped=skipped, backend=backend.description,
+                         out_dir=str(out_dir) if out_dir is not None else None)
+    if not files:
+        raise HamedgeError("no images found in " + ", ".join(str(p) for p in inputs)
+                           + (f" matching {options.glob!r}" if options.glob else ""))
+    write_maps = options.heatmaps != "none" and out_dir is not None
+    store = None
+    if out_dir is not None:
+        manifest = {"model_id": model_key, "classes": list(spec.class_names),
+                    "precision": backend.precision,
+                    "options": {"backend": backend.name, "heatmaps": options.heatmaps,
+                                "all_heatmaps": options.all_heatmaps, "glob": options.glob}}
+        store = ResultsStore(out_dir, manifest, spec.class_names, overwrite=options.overwrite)
+    try:
+        done = store.done if store is not None else {}
+        keys = [os.path.abspath(p) for p in files]
+        stems = _relative_stems(files)
+        todo = [(p, k) for p, k in zip(files, keys) if k not in done]
+        summary.already_done = len(files) - len(todo)
+        keep_image = write_maps and options.heatmaps == "overlay"
+        channels = backend.input_channels
+
+        def load(path: Path, key: str) -> _Item:
+            item = _Item(path, key)
+            try:
+                image = read_image(path)
+                item.size = (int(image.shape[0]), int(image.shape[1]))
+                item.tensor = preprocess(image, spec, channels)
+                if keep_image:
+                    item.image = image
+            except Exception as exc:  # any failure of one file is that file's error row
+                item.error = _error_line(exc, path)
+            return item
+
+        writer = _Writer(store, spec, options, stems, write_maps, on_record, on_progress,
+                         len(todo), summary)
+        writer.start()
+        start = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(options.workers, thread_name_prefix="hamedge-read") as pool:
+                window = max(2 * options.batch, options.batch + 2 * options.workers)
+                pending: deque = deque()
+                it = iter(todo)
+                batch: list[_Item] = []
+
+                def flush() -> None:
+                    if batch:
+                        tensors = np.stack([b.tensor for b in batch])
+                        raw = backend.run(tensors)
+                        for b in batch:
+                            b.tensor = None  # free the input early
+                        writer.put(list(batch), raw)
+                        batch.clear()
+
+                while True:
+                    while len(pending) < window:  # bounded: at most `window` files in flight
+                        nxt = next(it, None)
+                        if nxt is None:
+                            break
+                        pending.append(pool.submit(load, *nxt))
+                    if not pending:
+                        break
+                    item = pending.popleft().result()
+                    writer.check()
+                    if item.error is not None:
+                        writer.put([item], None)
+                        continue
+                    batch.append(item)
+                    if len(batch) == options.batch:
+                        flush()
+                flush()
+        finally:
+            writer.finish()
+        summary.seconds = time.perf_counter() - start
+        if store is not None:
+            summary.failed_total = store.failed
+        else:
+            summary.failed_total = summary.failed
+        return summary
+    finally:
+        if store is not None:
+            store.close()
+
+
+class _Writer(threading.Thread):
+    """Turns (items, outputs) into records, heatmap files and durable rows, off the hot path."""
+
+    def __init__(self, store, spec, options, stems, write_maps, on_record, on_progress, total,
+                 summary) -> None:
+        super().__init__(name="hamedge-writer", daemon=True)
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.store, self.spec, self.options, self.stems = store, spec, options, stems
+        self.write_maps, self.on_record, self.on_progress = write_maps, on_record, on_progress
+        self.total, self.summary = total, summary
+        self.error: BaseException | None = None
+        self.count = 0
+
+    def put(self, items, raw) -> None:
+        while True:  # never block forever on a dead writer
+            self.check()
+            try:
+                self.queue.put((items, raw), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        if self.is_alive():
+            if self.error is None:
+                self.queue.put(None)
+            self.join()
+        self.check()
+
+    def run(self) -> None:
+        try:
+            while True:
+                job = self.queue.get()
+                if job is None:
+                    return
+                self._handle(*job)
+        except BaseException as exc:  # surfaced to the main thread by check()
+            self.error = exc if isinstance(exc, HamedgeError) else HamedgeError(
+                f"writing results failed: {type(exc).__name__}: {exc}")
+            # drain so the producer never blocks on a full queue
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _handle(self, items, raw) -> None:
+        records = []
+        if raw is None:
+            for item in items:
+                records.append({"path": item.key, "status": STATUS_ERROR, "reason": item.error})
+        else:
+            preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
+                                             [i.key for i in items])
+            for item, pred in zip(items, preds):
+                record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
+                record["path"] = item.key
+                if self.write_maps:
+                    record["heatmaps"] = self._write_heatmaps(item, pred)
+                records.append(record)
+                item.image = None
+        for record in records:
+            if record["status"] == STATUS_OK:
+                self.summary.ok += 1
+            else:
+                self.summary.failed += 1
+        if self.store is not None:
+            self.store.append(records)
+        if self.on_record is not None:
+            for record in records:
+                self.on_record(record)
+        self.count += len(records)
+        if self.on_progress is not None:
+            self.on_progress(self.count, self.total)
+
+    def _write_heatmaps(self, item, pred) -> dict[str, str]:
+        names = pred.map_names if self.options.all_heatmaps else pred.positive
+        stem = os.path.splitext(self.stems[item.key])[0]
+        written = {}
+        for name in names:
+            target = self.store.heatmap_dir / stem / name
+            heat = pred.heatmap(name)
+            path = save_heatmap(target, heat, self.options.heatmaps, image=item.image,
+                                colormap=self.options.colormap, size=pred.image_size)
+            written[name] = os.path.relpath(path, self.store.dir)
+        return written
