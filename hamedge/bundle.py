@@ -47,6 +47,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "tensorrt")
 
 OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
+# Exported graphs name every node after the classification features "/head/...": the pooling,
+# sigmoids, CAM projection and refinement that INT8 graphs keep in floating point.
+FLOAT_TAIL_PREFIX = "/head/"
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,15 @@ class Bundle:
         return f"Bundle({str(self.root)!r}, {self.spec.arch}, {', '.join(self.precisions)})"
 
 
+def _readable(root: Path) -> None:
+    """Temporary files and directories are created private (0600/0700); a finished bundle gets
+    the usual permissions under the user's umask, so other users and services can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o755 if path.is_dir() else 0o644) & ~umask)
+
+
 class BundleWriter:
     """Build a bundle in a temporary directory beside `target`; `commit()` renames it into place.
 
@@ -362,6 +374,7 @@ class BundleWriter:
         if not (self.tmp / SPEC_FILE).is_file():
             raise BundleError("bundle has no spec.json; write_spec() before commit()")
         write_text(self.tmp / CHECKSUMS_FILE, format_checksums(_hash_tree(self.tmp)))
+        _readable(self.tmp)
         self._check_target()
         old = None
         if self.target.exists():  # force: move the old bundle aside, swap, then delete it

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamedge.bundle import OUTPUT_NAMES, GraphInfo
+from hamedge.bundle import FLOAT_TAIL_PREFIX, OUTPUT_NAMES, GraphInfo
 from hamedge.errors import HamedgeError
 from hamedge.spec import ModelSpec
 
 DEFAULT_OPSET = 17  # highest opset TensorRT 8.5 (JetPack 5) parses; fine for TRT 10/11 and ORT
-TAIL_PREFIX = "/head/"
+TAIL_PREFIX = FLOAT_TAIL_PREFIX  # nodes of the _Head module below
 
 # Stated parity tolerances (max absolute difference, ONNX Runtime fp32 vs torch eager fp32).
 PROB_TOL = 1e-4
@@ -221,3 +221,228 @@ def check_parity(model: nn.Module, exported: ExportedGraph, batch: np.ndarray) -
             f"{report['max_prob_diff']:.3g} (tol {PROB_TOL:g}), max map diff "
             f"{report['max_map_diff']:.3g} (tol {report['map_tol']:.3g})")
     return report
+
+
+# -- the whole `hamedge export` flow ----------------------------------------------------------------
+@dataclass
+class ExportOptions:
+    out: Any  # bundle directory
+    force: bool = False
+    fold: bool = True
+    full_res: bool = False
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+    parity_images: int = 4
+    # INT8
+    int8: bool = False
+    calib: Any = None  # folder; None: synthetic held-out images (the default model's data)
+    calib_count: int = 128
+    calib_seed: int = 0
+    method: str = "max"
+    guard: bool = True
+    val: Any = None  # labelled folder; None: synthetic held-out set
+    val_split: str | None = "test"
+    val_count: int = 96
+    max_auc_drop: float = 0.005
+    max_tiou_drop: float = 0.01
+    max_rounds: int = 4
+    # TensorRT (built after the bundle is whole; skipped with one line where unavailable)
+    engine: bool = False
+    engine_precisions: tuple[str, ...] = ("fp16",)
+    min_batch: int = 1
+    opt_batch: int = 4
+    max_batch: int = 8
+    workspace_mib: int = 2048
+    dla_core: int | None = None
+    fused_plugin: bool = False
+    torch_tensorrt: bool = False
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import hamedge
+
+    out = {"hamedge": hamedge.__version__}
+    for name in ("torch", "onnx", "onnxruntime", "onnxsim", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _synthetic_inputs(spec: ModelSpec, channels: int, count: int, seed: int) -> np.ndarray:
+    """Real-looking inputs without any data on disk: synthetic radiographs, preprocessed."""
+    from hamedge import synth
+    from hamedge.preprocess import preprocess
+
+    size = int(spec.extra.get("synth_size", max(spec.input_size, 256)))
+    return np.stack([preprocess(synth.render(i, seed, size)[0], spec, channels)
+                     for i in range(count)]).astype(np.float32)
+
+
+def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
+    """checkpoint (None: the packaged demo model) -> a verified bundle at opts.out.
+
+    The bundle is built in a temporary directory and renamed into place only when every step
+    (export, checker, parity, INT8 and its guard) succeeded. TensorRT engines are added after,
+    when asked and possible; their absence never removes the bundle."""
+    import datetime as dt
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from hamedge.bundle import CALIBRATION_FILE, GRAPH_FILES, PLUGIN_GRAPH, WEIGHTS_FILE, BundleWriter
+    from hamedge.model.checkpoint import checkpoint_sha256, load_model, resolve_checkpoint
+
+    start = time.perf_counter()
+    ckpt = resolve_checkpoint(checkpoint)
+    model = load_model(ckpt)
+    spec: ModelSpec = model.spec
+    fold = opts.fold and spec.in_channels == 3 and spec.grayscale_foldable
+    ckpt_sha = checkpoint_sha256(ckpt)
+    calib_set = val_set = None
+    with BundleWriter(opts.out, force=opts.force) as writer:  # refuses an existing --out now
+        if opts.int8:  # read the calibration images first: a bad folder fails before the export
+            calib_set, val_set = _int8_inputs(spec, 1 if fold else spec.in_channels, opts, log)
+        log(f"export: {ckpt.name} ({spec.arch}, stride {spec.output_stride}, {spec.input_size} px, "
+            f"{spec.num_classes} classes) -> ONNX opset {opts.opset}"
+            f"{', grayscale folded' if fold else ''}")
+        exported = export_onnx(model, fold=fold, full_res=opts.full_res, opset=opts.opset,
+                               simplify=opts.simplify)
+        fp32_path = writer.write_bytes(GRAPH_FILES["fp32"], exported.model.SerializeToString())
+        if calib_set is not None:
+            batch = calib_set.inputs[: opts.parity_images]
+            parity_source = "calibration images"
+        else:
+            batch = _synthetic_inputs(spec, exported.graph.input_channels, opts.parity_images, 4242)
+            parity_source = "synthetic radiographs"
+        parity = check_parity(model, exported, batch)
+        parity["inputs"] = parity_source
+        log(f"parity (ONNX Runtime vs torch, {parity['images']} {parity_source}): max prob diff "
+            f"{parity['max_prob_diff']:.2e} (tol {PROB_TOL:g}), max map diff "
+            f"{parity['max_map_diff']:.2e} (tol {parity['map_tol']:.2g})")
+        writer.copy_file(ckpt, WEIGHTS_FILE)
+        calibration = None
+        if calib_set is not None:
+            from calibration import Budget, build_int8
+
+            budget = Budget(max_mean_auc_drop=opts.max_auc_drop, max_tiou_drop=opts.max_tiou_drop)
+            calibration = build_int8(fp32_path, writer.tmp, spec, exported.graph, calib_set,
+                                     ckpt_sha, val_set=val_set, method=opts.method, budget=budget,
+                                     max_rounds=opts.max_rounds, log=log)
+            writer.write_json(CALIBRATION_FILE, calibration)
+        if opts.fused_plugin:
+            plugin = _plugin_graph(exported, spec)
+            if plugin is not None:
+                writer.write_bytes(PLUGIN_GRAPH, plugin.SerializeToString())
+            else:
+                log("fused plugin: hamedge.ops.onnx_plugin is not available; model.plugin.onnx "
+                    "not written")
+        provenance = {
+            "checkpoint": ckpt.name,
+            "checkpoint_sha256": ckpt_sha,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "export": {"fold_grayscale": fold, "full_res_heatmaps": opts.full_res,
+                       "opset": opts.opset, "simplified": exported.simplified,
+                       "exporter": "torch.onnx (TorchScript tracer)"},
+            "parity": parity,
+            "int8": None if calibration is None else {
+                "method": calibration["method"], "passed": calibration["passed"],
+                "excluded_nodes": len(calibration["excluded_nodes"])},
+        }
+        writer.write_spec(spec, exported.graph, provenance)
+        bundle = writer.commit()
+    log(f"bundle written: {bundle.root} ({', '.join(sorted(bundle.files))}) in "
+        f"{time.perf_counter() - start:.1f} s")
+    if opts.engine:
+        _engines(bundle, opts, log)
+    if opts.torch_tensorrt:
+        _torch_tensorrt(bundle, model, opts, log)
+    return bundle
+
+
+def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, log):
+    from calibration.data import (SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set,
+                                  synthetic_heldout)
+    from hamedge.datasets import load_dataset
+    from hamedge.synth import SYNTH_CLASSES
+
+    heldout_root = None
+    calib_dir = opts.calib
+    if calib_dir is None:
+        if tuple(spec.class_names) != tuple(SYNTH_CLASSES):
+            log("warning: no --calib given; calibrating on synthetic radiographs, which this "
+                "model was not trained on (pass --calib DIR of your X-rays)")
+        import tempfile
+
+        heldout_root = tempfile.mkdtemp(prefix="hamedge-heldout-")
+        calib_dir = synthetic_heldout(spec, opts.calib_count, SYNTH_CALIB_SEED,
+                                      f"{heldout_root}/calib")
+        log(f"calibration: {opts.calib_count} synthetic held-out images (seed {SYNTH_CALIB_SEED})")
+    with warnings.catch_warnings():  # logged below, once
+        warnings.simplefilter("ignore", UserWarning)
+        calib_set = load_calibration_set(calib_dir, spec, channels, opts.calib_count,
+                                         opts.calib_seed)
+    for note in calib_set.warnings:
+        log(f"warning: {note}")
+    val_set = None
+    if opts.guard:
+        if opts.val is not None:
+            val_set = load_dataset(opts.val, split=opts.val_split, class_names=spec.class_names)
+        elif tuple(spec.class_names) == tuple(SYNTH_CLASSES):
+            import tempfile
+
+            heldout_root = heldout_root or tempfile.mkdtemp(prefix="hamedge-heldout-")
+            root = synthetic_heldout(spec, opts.val_count, SYNTH_VAL_SEED, f"{heldout_root}/val")
+            val_set = load_dataset(root, split="test", class_names=spec.class_names)
+            log(f"guard: {len(val_set)} synthetic held-out labelled images (seed {SYNTH_VAL_SEED})")
+        else:
+            log("warning: no --val set for this model's classes; INT8 accuracy is not measured "
+                "(pass --val DIR)")
+        if val_set is not None and opts.val_count and len(val_set) > opts.val_count:
+            from hamedge.datasets import stratified_sample
+
+            val_set = val_set.subset(stratified_sample(val_set.records, opts.val_count, seed=0))
+    return calib_set, val_set
+
+
+def _plugin_graph(exported: ExportedGraph, spec: ModelSpec):
+    try:
+        from hamedge.ops.onnx_plugin import add_fused_plugin_node  # type: ignore
+    except ImportError:
+        return None
+    return add_fused_plugin_node(exported.model, spec)
+
+
+def _engines(bundle, opts: ExportOptions, log) -> None:
+    from hamedge.errors import BackendUnavailable
+    from hamedge.trt import build_engine
+
+    for precision in opts.engine_precisions:
+        if precision == "int8" and "int8" not in bundle.precisions:
+            log("engine int8: skipped (bundle has no INT8 graph; export with --int8)")
+            continue
+        try:
+            record = build_engine(bundle, precision=precision, min_batch=opts.min_batch,
+                                  opt_batch=opts.opt_batch, max_batch=opts.max_batch,
+                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core)
+        except BackendUnavailable as exc:
+            log(f"engine {precision}: not built: {exc} (the rest of the bundle is complete)")
+            return
+        log(f"engine {precision}: engines/{record.plan}")
+
+
+def _torch_tensorrt(bundle, model, opts: ExportOptions, log) -> None:
+    from hamedge.errors import BackendUnavailable
+    from hamedge.trt.torch_trt import compile_to_bundle
+
+    try:
+        record = compile_to_bundle(bundle, model, min_batch=opts.min_batch,
+                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch)
+    except BackendUnavailable as exc:
+        log(f"torch-tensorrt: not built: {exc}")
+        return
+    log(f"torch-tensorrt: engines/{record.plan}")

@@ -1,0 +1,158 @@
+"""INT8 calibration for hamedge bundles (no torch: onnx + onnxruntime only).
+
+``build_int8`` is the whole flow behind ``hamedge export --int8``: calibrate the fp32 graph once
+on held-out X-rays (calibration.data), write the TensorRT (S8S8) and CPU (U8S8) Q/DQ graphs from
+those ranges (calibration.quantize), measure both against fp32 on a labelled held-out set
+(calibration.guard), and while the budget is not met keep the most sensitive layers in floating
+point and retry. Returns the calibration.json content.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from calibration.data import CalibrationSet, load_calibration_set  # noqa: F401
+from calibration.guard import Budget, compare, evaluate_graph
+from calibration.quantize import (calibrate, layer_sensitivity, qdq_problems, quantize,
+                                  quantizable_nodes)
+from hamedge.bundle import GRAPH_FILES, GraphInfo
+from hamedge.errors import HamedgeError
+from hamedge.spec import ModelSpec
+
+CALIBRATION_FORMAT = "hamedge-calibration/1"
+FORM_FILES = {"tensorrt": GRAPH_FILES["int8"], "cpu": GRAPH_FILES["int8_cpu"]}
+
+
+class Int8BudgetError(HamedgeError):
+    """INT8 graphs stayed outside the accuracy budget after every fallback round."""
+
+
+def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: ModelSpec,
+               graph: GraphInfo, calib: CalibrationSet, checkpoint_sha256: str, *,
+               val_set: Any = None, val_limit: int | None = None, method: str = "max",
+               budget: Budget = Budget(), max_rounds: int = 4, forms=("tensorrt", "cpu"),
+               enforce_budget: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write ``out_dir``/model.int8.onnx and model.int8.cpu.onnx; return calibration.json's dict.
+
+    ``val_set`` None skips the guard (recorded as not measured). When the budget still fails after
+    ``max_rounds`` fallback rounds, raise Int8BudgetError if ``enforce_budget`` (the graphs are left
+    in ``out_dir`` for inspection but the caller's bundle is not committed)."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    ranges_path = out_dir / ".calibration.ranges.json"
+    refined = graph.heatmaps == "refined"
+    try:
+        ranges_sha = calibrate(fp32_path, calib.batches(8), ranges_path, method=method)
+        fp32_model = onnx.load(str(fp32_path))
+        candidates = quantizable_nodes(fp32_model)
+        ref = ref_maps = None
+        if val_set is not None:
+            log(f"guard: fp32 on {len(val_set.records) if val_limit is None else val_limit} "
+                "held-out images")
+            ref, ref_maps = evaluate_graph(fp32_path, val_set, spec, graph.input_channels,
+                                           refined, limit=val_limit)
+        excluded: list[str] = []
+        rounds: list[dict[str, Any]] = []
+        for round_no in range(max_rounds + 1):
+            results: dict[str, Any] = {}
+            for form in forms:
+                path = out_dir / FORM_FILES[form]
+                kept = quantize(fp32_path, path, ranges_path, form, method, exclude=excluded)
+                problems = qdq_problems(onnx.load(str(path)), form)
+                if problems:
+                    raise HamedgeError(f"{FORM_FILES[form]} breaks the {form} Q/DQ rules: "
+                                       f"{problems[0]}")
+                entry: dict[str, Any] = {"file": FORM_FILES[form], "float_nodes": len(kept)}
+                if ref is not None:
+                    got, maps = evaluate_graph(path, val_set, spec, graph.input_channels, refined,
+                                               limit=val_limit)
+                    entry.update(compare(ref, ref_maps, got, maps, spec, budget, refined))
+                results[form] = entry
+            passed = all(r.get("passed", True) for r in results.values())
+            rounds.append({"round": round_no, "excluded": list(excluded), "passed": passed,
+                           "forms": {f: _short(r) for f, r in results.items()}})
+            for form, r in results.items():
+                log(f"guard round {round_no} {form}: {_describe(r)}")
+            if passed or ref is None or round_no == max_rounds:
+                break
+            # keep the worst layers of every failing form in float, more each round (1, 2, 4, ...)
+            worst: list[str] = []
+            sample = calib.inputs[: min(8, len(calib))]
+            for form, r in results.items():
+                if not r["passed"]:
+                    ranked = layer_sensitivity(fp32_path, out_dir / FORM_FILES[form], sample,
+                                               exclude=excluded)
+                    worst += [name for name, _ in ranked if name not in excluded + worst]
+            add = worst[: 2 ** round_no]
+            if not add:
+                break
+            excluded += add
+            log(f"guard: INT8 outside the budget; keeping {len(add)} more layer(s) in float: "
+                + ", ".join(add))
+        passed = rounds[-1]["passed"]
+        record = {
+            "format": CALIBRATION_FORMAT,
+            "checkpoint_sha256": checkpoint_sha256,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": method,
+            "count": len(calib),
+            "calibration_images": calib.describe(),
+            "tensor_ranges_sha256": ranges_sha,
+            "quantised_ops": ["Conv", "MatMul", "Gemm"],
+            "quantisable_nodes": len(candidates),
+            "excluded_nodes": excluded,
+            "float_tail_prefix": "/head/",
+            "forms": {form: {"file": FORM_FILES[form],
+                             "activations": "int8 symmetric" if form == "tensorrt" else "uint8 asymmetric",
+                             "weights": "int8 symmetric per-channel",
+                             "bias": "float" if form == "tensorrt" else "int32"} for form in forms},
+            "budget": budget.to_dict(),
+            "validation": None if ref is None else {
+                "source": str(getattr(val_set, "root", getattr(val_set, "source", ""))),
+                "images": ref["num_images"], "fp32": ref["summary"]},
+            "accuracy": {form: results[form] for form in forms} if ref is not None else None,
+            "rounds": rounds,
+            "passed": passed if ref is not None else None,
+            "warnings": list(calib.warnings),
+        }
+        if ref is not None and not passed and enforce_budget:
+            fails = "; ".join(f"{f}: {', '.join(r['failures'])}" for f, r in results.items()
+                              if r.get("failures"))
+            raise Int8BudgetError(f"INT8 outside the accuracy budget after {len(rounds)} round(s) "
+                                  f"({len(excluded)} layers kept in float): {fails} "
+                                  "(raise the budget with --max-auc-drop/--max-tiou-drop or skip "
+                                  "the guard with --no-int8-guard)")
+        return record
+    finally:
+        if ranges_path.exists():
+            ranges_path.unlink()
+
+
+def _short(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("mean_auc_delta", "anomaly_auc_delta", "passed", "failures")
+    out = {k: r.get(k) for k in keys if k in r}
+    out.update({k: v for k, v in r.items() if k.startswith("mean_tiou@")})
+    if "heatmap_agreement" in r:
+        out["heatmap_mean_iou"] = r["heatmap_agreement"]["mean_iou"]
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"
+
+
+def _describe(r: dict[str, Any]) -> str:
+    if "passed" not in r:
+        return f"{r['file']} written (accuracy not measured)"
+    tiou = next((v for k, v in r.items() if k.startswith("mean_tiou@")), None)
+    agree = r["heatmap_agreement"]["mean_iou"]
+    return (f"mean AUC {_fmt(r['mean_auc_delta'])}, anomaly AUC {_fmt(r['anomaly_auc_delta'])}, "
+            f"T(IoU) {_fmt(tiou)}, heatmap IoU vs fp32 "
+            f"{'n/a' if agree is None else f'{agree:.3f}'} -> {'pass' if r['passed'] else 'FAIL'}")
+
+
+__all__ = ["build_int8", "Budget", "CalibrationSet", "load_calibration_set", "Int8BudgetError"]

@@ -1,0 +1,178 @@
+"""Building TensorRT plans from a bundle's ONNX graphs: the thin part that needs TensorRT + a GPU.
+
+Works on the TensorRT 8.5 / 10.x / 11.x Python APIs by feature detection, never by version
+number alone (TENSORRT.md):
+- precision builder flags (FP16, INT8) exist up to 10.x; 11.x removed them and builds strongly
+  typed networks, where the graph's own types (and Q/DQ nodes) decide precision;
+- EXPLICIT_BATCH is needed on 8.x, deprecated on 10.x, gone later;
+- workspace: ``set_memory_pool_limit`` (8.4+) else ``max_workspace_size``.
+INT8 is always explicit quantisation: the bundle's symmetric Q/DQ graph (model.int8.onnx), never
+a calibrator. ``build_engine(bundle, ..., trt=fake)`` accepts a stand-in module so the logic around
+the builder is tested on machines without TensorRT.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hamedge.bundle import EngineRecord
+from hamedge.errors import BackendUnavailable, HamedgeError
+from hamedge.fsutil import write_bytes
+from hamedge.trt.naming import BatchProfile, engine_filename, timing_cache_path
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def features(trt: Any) -> dict[str, bool]:
+    """What this TensorRT Python API offers."""
+    flags = getattr(trt, "BuilderFlag", None)
+    net = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    return {
+        "fp16_flag": flags is not None and hasattr(flags, "FP16"),
+        "int8_flag": flags is not None and hasattr(flags, "INT8"),
+        "explicit_batch_flag": net is not None and hasattr(net, "EXPLICIT_BATCH"),
+        "strongly_typed_flag": net is not None and hasattr(net, "STRONGLY_TYPED"),
+        "memory_pool": hasattr(trt, "MemoryPoolType"),
+        "gpu_fallback_flag": flags is not None and hasattr(flags, "GPU_FALLBACK"),
+    }
+
+
+def _major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def network_flags(trt: Any, feats: dict[str, bool]) -> int:
+    flags = 0
+    if feats["explicit_batch_flag"] and _major(trt.__version__) < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if not feats["fp16_flag"] and feats["strongly_typed_flag"]:
+        # 11.x: precision comes from the graph (strongly typed is the only mode there)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
+
+
+def graph_for(bundle, precision: str, feats: dict[str, bool]) -> tuple[str, bytes]:
+    """(bundle-relative ONNX file, its bytes) to build ``precision`` from."""
+    if precision not in ENGINE_PRECISIONS:
+        raise HamedgeError(f"unknown engine precision {precision!r}; one of "
+                           f"{', '.join(ENGINE_PRECISIONS)}")
+    path = bundle.path_for(precision, "tensorrt")
+    data = path.read_bytes()
+    if precision == "fp16" and not feats["fp16_flag"]:
+        data = _fp16_graph(data)  # strongly typed: fp16 must be in the graph itself
+    return path.relative_to(bundle.root).as_posix(), data
+
+
+def _fp16_graph(data: bytes) -> bytes:
+    try:
+        import onnx
+        from onnxconverter_common import float16  # type: ignore
+    except ImportError:
+        raise BackendUnavailable("this TensorRT has no FP16 builder flag (strongly typed "
+                                 "networks); building fp16 needs onnxconverter-common to write "
+                                 "an fp16 graph (pip install onnxconverter-common)") from None
+    model = float16.convert_float_to_float16(onnx.load_from_string(data), keep_io_types=True)
+    return model.SerializeToString()
+
+
+def configure(trt: Any, builder: Any, config: Any, feats: dict[str, bool], precision: str,
+              workspace_mib: int, dla_core: int | None) -> list[str]:
+    """Set precision flags, workspace and DLA on ``config``; returns what was set (for the record)."""
+    done = []
+    if feats["memory_pool"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    else:
+        config.max_workspace_size = workspace_mib << 20
+    done.append(f"workspace={workspace_mib}MiB")
+    if precision in ("fp16", "int8") and feats["fp16_flag"]:
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 graphs: float parts in fp16
+        done.append("FP16")
+    if precision == "int8" and feats["int8_flag"]:
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ; no calibrator
+        done.append("INT8")
+    if dla_core is not None:
+        if getattr(builder, "num_DLA_cores", 0) <= dla_core:
+            raise BackendUnavailable(f"DLA core {dla_core} requested, this device has "
+                                     f"{getattr(builder, 'num_DLA_cores', 0)}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        if feats["gpu_fallback_flag"]:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        done.append(f"DLA{dla_core}+GPU fallback")
+    return done
+
+
+def _load_trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable("TensorRT is not installed; engines not built") from None
+    return trt
+
+
+def build_engine(bundle, precision: str = "fp16", min_batch: int = 1, opt_batch: int | None = None,
+                 max_batch: int = 8, workspace_mib: int = 2048, dla_core: int | None = None,
+                 timing_cache: bool = True, trt: Any = None, gpu: Any = None) -> EngineRecord:
+    """Build one plan from the bundle's graph, store it (and its record) in the bundle.
+
+    Raises BackendUnavailable (one line) without TensorRT or a GPU. ``trt``/``gpu`` stand in for
+    the tensorrt module and the GPU description in tests."""
+    from hamedge.runtime.tensorrt import gpu_info
+
+    trt = trt or _load_trt()
+    gpu = gpu or gpu_info()
+    if gpu is None:
+        raise BackendUnavailable("no CUDA GPU found; engines not built")
+    opt = opt_batch if opt_batch is not None else max(min_batch, min(4, max_batch))
+    profile = BatchProfile(min_batch, opt, max_batch)
+    feats = features(trt)
+    onnx_file, onnx_bytes = graph_for(bundle, precision, feats)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # no usable CUDA device ("CUDA initialization failure")
+        raise BackendUnavailable(f"TensorRT cannot start a builder here: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    network = builder.create_network(network_flags(trt, feats))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise HamedgeError(f"TensorRT could not parse {onnx_file}: "
+                           f"{errors[0] if errors else 'unknown error'}")
+    config = builder.create_builder_config()
+    settings = configure(trt, builder, config, feats, precision, workspace_mib, dla_core)
+    graph = bundle.graph
+    profile_obj = builder.create_optimization_profile()
+    profile_obj.set_shape(graph.input_name, *profile.shapes(graph.input_channels, graph.input_size))
+    config.add_optimization_profile(profile_obj)
+
+    cache_file = timing_cache_path(gpu.name, trt.__version__) if timing_cache else None
+    cache = None
+    if cache_file is not None and hasattr(config, "create_timing_cache"):
+        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+        config.set_timing_cache(cache, False)
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if plan is None:
+        raise HamedgeError(f"TensorRT failed to build a {precision} engine from {onnx_file} "
+                           "(see the TensorRT log above)")
+    if cache is not None:
+        write_bytes(cache_file, bytes(cache.serialize()))
+
+    record = EngineRecord(
+        plan=engine_filename(gpu.name, trt.__version__, precision, profile, dla_core),
+        gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+        trt_version=str(trt.__version__), precision=precision, min_batch=profile.min,
+        opt_batch=profile.opt, max_batch=profile.max, onnx_file=onnx_file,
+        onnx_sha256=bundle.files[onnx_file], dla_core=dla_core,
+        extra={"settings": settings, "build_seconds": round(seconds, 2),
+               "strongly_typed": not feats["fp16_flag"],
+               "timing_cache": str(cache_file) if cache is not None else None})
+    bundle.add_engine(bytes(plan), record)
+    return record
