@@ -94,11 +94,14 @@ def latency_table(results: dict[str, Any]) -> TableData:
               f"samples: read it as the slowest call."))
 
 
-def accuracy_table(results: dict[str, Any]) -> TableData:
+def accuracy_table(results: dict[str, Any], only: tuple[str, ...] | None = None) -> TableData:
+    """``only``: the T(IoU) thresholds to show (the terminal shows a few; files show all)."""
     rows, flagged = [], []
-    thresholds = []
+    thresholds: list[str] = []
     for a in results.get("accuracy", []):
         thresholds = sorted((a.get("tiou") or {}).keys(), key=float) or thresholds
+    if only is not None:
+        thresholds = [t for t in thresholds if t in only]
     for a in results.get("accuracy", []):
         ag = a.get("agreement") or {}
         d = a.get("delta") or {}
@@ -129,21 +132,24 @@ def accuracy_table(results: dict[str, Any]) -> TableData:
 
 def per_class_table(results: dict[str, Any]) -> TableData | None:
     accs = results.get("accuracy", [])
-    if not accs:
+    if not accs or not accs[0].get("class_auc"):
         return None
-    classes = list((accs[0].get("class_auc") or {}).keys())
-    if not classes:
-        return None
-    rows = [[c] + [_f((a.get("class_auc") or {}).get(c), 4) for a in accs] for c in classes]
-    return TableData(title="Per-class AUC", columns=["class"] + [f"{a['backend']}/{a['precision']}" for a in accs],
-                     rows=rows, flagged=[False] * len(rows), note="- : class has no positive or no negative example")
+    classes = list(accs[0]["class_auc"])
+    names = [f"{a['backend']}/{a['precision']}" for a in accs]
+    rows = [[c] + [_f((a.get("class_auc") or {}).get(c), 4) for a in accs]
+            + [_f((a.get("class_tiou_0.3") or {}).get(c), 3) for a in accs] for c in classes]
+    return TableData(title="Per class: AUC and T(IoU=0.3)",
+                     columns=["class"] + [f"AUC {n}" for n in names] + [f"T(IoU=0.3) {n}" for n in names],
+                     rows=rows, flagged=[False] * len(rows),
+                     note="- : the class has no positive or no negative image (AUC), or no box image (T(IoU))")
 
 
-def all_tables(results: dict[str, Any]) -> list[TableData]:
+def all_tables(results: dict[str, Any], compact: bool = False) -> list[TableData]:
+    """Every table; ``compact`` (the terminal): fewer T(IoU) columns and no per-class table."""
     tables = [summary_table(results), latency_table(results)]
     if results.get("accuracy"):
-        tables.append(accuracy_table(results))
-        per_class = per_class_table(results)
+        tables.append(accuracy_table(results, ("0.1", "0.3", "0.5", "0.7") if compact else None))
+        per_class = None if compact else per_class_table(results)
         if per_class is not None:
             tables.append(per_class)
     return tables
@@ -173,7 +179,7 @@ def render_rich(results: dict[str, Any], console=None) -> None:
     console = console or Console()
     for line in header_lines(results):
         console.print(line, highlight=False)
-    for t in all_tables(results):
+    for t in all_tables(results, compact=True):
         table = Table(title=t.title, caption=t.note or None, caption_justify="left")
         for i, col in enumerate(t.columns):
             table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")

@@ -1,0 +1,105 @@
+"""`hamedge bench` end to end on a tiny bundle (resnet18, 64 px, random weights): every CPU
+configuration against the eager baseline, results.json/md, plots, the page, --compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infer_helpers import TINY_SPEC, make_bundle
+from hamedge.cli import run_app
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bench") / "tiny.hamedge", int8=True)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    """Real X-rays when the shared data is there, else two made-up gray PNGs."""
+    import os
+
+    shared = Path(os.environ.get("HAMEDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    real = shared / "nih-samples" / "images"
+    if real.is_dir():
+        return real
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("samples")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (200, 180), dtype=np.uint8)).save(folder / f"s{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def latency_run(bundle, samples, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    code = run_app(["bench", "--model", str(bundle), "--samples", str(samples), "--no-accuracy",
+                    "--batch-sizes", "1,2", "--warmup", "1", "--iterations", "4", "--out", str(out),
+                    "--cache-dir", str(out / "cache")])
+    assert code == 0
+    return out
+
+
+def test_every_cpu_configuration_is_timed_against_eager(latency_run):
+    res = json.loads((latency_run / "results.json").read_text())
+    assert res["format"] == "hamedge-bench/1"
+    assert res["machine"]["cores"] >= 1 and res["machine"]["cpu"]
+    assert res["model"]["arch"] == "resnet18" and res["model"]["input_size"] == TINY_SPEC.input_size
+    configs = {(e["backend"], e["precision"]) for e in res["latency"]}
+    assert {("torch-eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+            ("torch", "fp32")} <= configs
+    assert len(res["latency"]) == len(configs) * 2 * 2  # x batch sizes x modes
+    for e in res["latency"]:
+        s = e["stats"]
+        assert s["samples"] == 4 and len(s["raw_ms"]) == 4
+        assert 0 < s["min_ms"] <= s["median_ms"] <= s["p99_ms"] <= s["max_ms"]
+        assert s["throughput"] == pytest.approx(e["batch"] * 4 / (sum(s["raw_ms"]) / 1e3), rel=1e-3)
+        assert e["speedup"] == pytest.approx(
+            s["throughput"] / next(b["stats"]["throughput"] for b in res["latency"] if b["baseline"]
+                                   and b["batch"] == e["batch"] and b["mode"] == e["mode"]))
+        assert (e["baseline"]) == (e["backend"] == "torch-eager")
+    notes = " ".join(res["notes"])
+    assert "tensorrt" in notes  # not run here, and the report says so
+    # fp16 on a CPU is refused by the backends, so it is listed as not run
+    assert "onnxruntime/fp16 not run" in notes
+
+
+def test_outputs_are_written(latency_run):
+    for name in ("results.json", "results.md", "report.html", "latency_distribution.png",
+                 "throughput_vs_batch.png"):
+        assert (latency_run / name).stat().st_size > 0, name
+    md = (latency_run / "results.md").read_text()
+    assert "onnxruntime/int8" in md and "p99 ms" in md
+    overlays = json.loads((latency_run / "results.json").read_text())["overlays"]
+    assert {o["config"] for o in overlays} >= {"torch-eager/fp32", "onnxruntime/int8"}
+    assert all((latency_run / o["file"]).is_file() for o in overlays)
+
+
+def test_compare_two_runs(latency_run, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")
+    res = json.loads((latency_run / "results.json").read_text())
+    for e in res["latency"]:
+        if e["backend"] == "onnxruntime" and e["precision"] == "int8":
+            e["stats"]["throughput"] *= 2
+    other = latency_run / "b.json"
+    other.write_text(json.dumps(res))
+    assert run_app(["bench", "--compare", str(latency_run / "results.json"), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert "2.00x faster" in text and "onnxruntime/int8" in text
+
+
+def test_user_mistakes_are_one_line(bundle, tmp_path, capsys):
+    assert run_app(["bench", "--model", str(bundle), "--batch-sizes", "0", "--out", str(tmp_path)]) != 0
+    assert run_app(["bench", "--model", str(bundle), "--backends", "nope", "--no-accuracy",
+                    "--out", str(tmp_path)]) != 0
+    assert run_app(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("error: ") == 3
+
