@@ -1,0 +1,76 @@
+"""The INT8 accuracy guard: deltas, heatmap agreement, fallback rounds, the budget's refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.guard import Budget, compare, heatmap_agreement
+from hamedge.spec import ModelSpec
+
+SPEC = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
+
+
+def result(aucs, tiou):
+    return {"classification": {"auc": dict(zip(SPEC.class_names, aucs)),
+                               "mean_auc": float(np.mean(aucs)), "anomaly_auc": 0.8},
+            "localisation": {"tiou_thresholds": [0.1, 0.3, 0.5], "mean": {"tiou": [0.9, tiou, 0.1]},
+                             "per_class": {}},
+            "summary": {}}
+
+
+def test_heatmap_agreement():
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 3, 4, 4)).astype(np.float32)
+    same = heatmap_agreement(maps, maps.copy(), SPEC)
+    assert same["mean_iou"] == pytest.approx(1.0) and same["maps"] == 9
+    moved = heatmap_agreement(maps, np.roll(maps, 2, axis=-1), SPEC)
+    assert moved["mean_iou"] < 0.9
+
+
+def test_compare_flags_budget_failures():
+    maps = np.random.default_rng(1).random((2, 3, 4, 4)).astype(np.float32)
+    ok = compare(result([0.80, 0.70], 0.5), maps, result([0.799, 0.699], 0.495), maps, SPEC, Budget())
+    assert ok["passed"] and ok["mean_auc_delta"] == pytest.approx(-0.001)
+    assert ok["auc_delta"]["A"] == pytest.approx(-0.001)
+    assert ok["mean_tiou@0.3_delta"] == pytest.approx(-0.005)
+    bad = compare(result([0.80, 0.70], 0.5), maps, result([0.78, 0.70], 0.45), maps, SPEC, Budget())
+    assert not bad["passed"] and len(bad["failures"]) == 2
+    assert "mean AUC drop 0.0100" in bad["failures"][0]
+
+
+@pytest.mark.slow
+def test_fallback_rounds_then_refusal(tmp_path):
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from calibration import Int8BudgetError, build_int8
+    from calibration.data import load_calibration_set, synthetic_heldout
+    from hamedge.datasets import load_dataset
+    from hamedge.model.export import export_onnx
+    from hamedge.model.network import HAM
+    from hamedge.synth import SYNTH_CLASSES
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=SYNTH_CLASSES)
+    exported = export_onnx(HAM(spec).eval())
+    fp32 = tmp_path / "model.onnx"
+    onnx.save(exported.model, str(fp32))
+    calib_root = synthetic_heldout(spec, 12, 5, tmp_path / "calib", size=64)
+    val = load_dataset(synthetic_heldout(spec, 16, 6, tmp_path / "val", size=64), split="test",
+                       class_names=spec.class_names)
+    with pytest.warns(UserWarning):
+        calib = load_calibration_set(calib_root, spec, 1, count=12)
+    impossible = Budget(max_mean_auc_drop=-1.0, max_tiou_drop=1.0)  # can never pass
+    logs: list[str] = []
+    record = build_int8(fp32, tmp_path, spec, exported.graph, calib, "ab" * 32, val_set=val,
+                        budget=impossible, max_rounds=1, enforce_budget=False, log=logs.append,
+                        forms=("cpu",))
+    assert record["passed"] is False and len(record["rounds"]) == 2
+    assert len(record["excluded_nodes"]) == 1 and record["rounds"][1]["excluded"]
+    assert any("keeping 1 more layer" in line for line in logs)
+    assert record["accuracy"]["cpu"]["heatmap_agreement"]["maps"] > 0
+    assert record["checkpoint_sha256"] == "ab" * 32 and record["count"] == 12
+    assert not (tmp_path / ".calibration.ranges.json").exists()
+    with pytest.raises(Int8BudgetError, match="outside the accuracy budget"):
+        build_int8(fp32, tmp_path, spec, exported.graph, calib, "ab" * 32, val_set=val,
+                   budget=impossible, max_rounds=0, log=logs.append, forms=("cpu",))
