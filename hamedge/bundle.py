@@ -207,7 +207,19 @@ class Bundle:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise BundleError(f"{root / SPEC_FILE}: unsupported bundle format {found!r} "
                               f"(this hamedge reads {BUNDLE_FORMAT})")
-        return cls(root, meta, files)
+        bundle = cls(root, meta, files)
+        bundle._check_calibration_key()
+        return bundle
+
+    def _check_calibration_key(self) -> None:
+        """INT8 ranges belong to the weights they were computed on: refuse a calibration.json
+        keyed to another checkpoint than the one the graphs were exported from (stale)."""
+        cal = self.calibration
+        exported_from = self.provenance.get("checkpoint_sha256")
+        if cal is not None and exported_from and cal.get("checkpoint_sha256") != exported_from:
+            raise BundleError(f"bundle {self.root}: calibration.json was computed for checkpoint "
+                              f"{str(cal.get('checkpoint_sha256'))[:12]}..., the graphs come from "
+                              f"{exported_from[:12]}... (stale calibration; re-export with --int8)")
 
     # -- contents ------------------------------------------------------------------------------
     def has(self, rel: str) -> bool:
@@ -375,6 +387,7 @@ class BundleWriter:
             raise BundleError("bundle has no spec.json; write_spec() before commit()")
         write_text(self.tmp / CHECKSUMS_FILE, format_checksums(_hash_tree(self.tmp)))
         _readable(self.tmp)
+        Bundle.open(self.tmp, verify=False)  # a bundle that would not open is never put in place
         self._check_target()
         old = None
         if self.target.exists():  # force: move the old bundle aside, swap, then delete it

@@ -17,13 +17,15 @@ GRAPH = GraphInfo(input_channels=1, input_size=64, heatmaps="raw", feature_size=
                   opset=17)
 
 
-def make_bundle(target: Path, int8: bool = True, cpu_form: bool = True, **kw) -> Bundle:
+def make_bundle(target: Path, int8: bool = True, cpu_form: bool = True, calib_key: str = "ab" * 32,
+                **kw) -> Bundle:
     with BundleWriter(target, **kw) as w:
         w.write_spec(SPEC, GRAPH, {"checkpoint_sha256": "ab" * 32})
         w.write_bytes("model.onnx", b"fp32 graph")
         if int8:
             w.write_bytes("model.int8.onnx", b"s8s8 graph")
-            w.write_json("calibration.json", {"method": "max", "count": 3})
+            w.write_json("calibration.json", {"method": "max", "count": 3,
+                                              "checkpoint_sha256": calib_key})
         if cpu_form:
             w.write_bytes("model.int8.cpu.onnx", b"u8s8 graph")
         w.write_bytes("weights.safetensors", b"weights")
@@ -37,7 +39,7 @@ def test_roundtrip_reads_everything(tmp_path):
     assert again.graph == GRAPH
     assert again.graph.heatmap_size == SPEC.feature_size and again.graph.folded
     assert again.provenance["checkpoint_sha256"] == "ab" * 32
-    assert again.calibration == {"method": "max", "count": 3}
+    assert again.calibration == {"method": "max", "count": 3, "checkpoint_sha256": "ab" * 32}
     assert again.weights_path == tmp_path / "m.hamedge" / "weights.safetensors"
     assert again.engines == []
     assert b.precisions == ("fp32", "fp16", "int8")
@@ -140,3 +142,9 @@ def test_engines_added_later_are_listed_and_verified(tmp_path):
     (c.root / "engines").mkdir()
     (c.root / "engines" / "x.json").write_text(json.dumps(rec.to_dict()))
     assert Bundle.open(c.root).engines == []
+
+
+def test_stale_calibration_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="stale calibration"):
+        make_bundle(tmp_path / "b", calib_key="cd" * 32)
+    assert list(tmp_path.iterdir()) == []  # refused before the rename: nothing left behind
