@@ -5,3 +5,10 @@ hamedge.preprocess, hamedge.heatmap) works on a machine without it.
 """
 
 __version__ = "0.1.0"
+
+
+def load(bundle=None, backend="auto", precision="fp32", **opts):
+    """Open a model for prediction (see hamedge.api.load); imported lazily to keep this cheap."""
+    from hamedge.api import load as _load
+
+    return _load(bundle, backend, precision, **opts)

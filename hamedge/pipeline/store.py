@@ -130,7 +130,17 @@ class ResultsStore:
                     rows.append(row)
         return rows
 
+    def _sweep_temp_files(self) -> None:
+        """Remove temporary files of atomic writes cut short by a kill (ours: '.<name>.*.tmp')."""
+        folders = [self.dir] + ([self.heatmap_dir] if self.heatmap_dir.is_dir() else [])
+        for folder in folders:
+            pattern = "**/.*.tmp" if folder == self.heatmap_dir else ".*.tmp"
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+
     def _load(self) -> None:
+        self._sweep_temp_files()
         repaired = False
         for path in (self.csv_path, self.jsonl_path):
             if path.is_file():
