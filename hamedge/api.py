@@ -50,28 +50,12 @@ def _build_bundle(checkpoint: Path, target: Path) -> None:
         raise HamedgeError(f"{checkpoint.name} must be exported to a bundle first, which needs "
                            "torch and onnx (pip install 'hamedge[export]'); or give an exported "
                            "bundle with --model DIR") from None
-    try:  # the exporter's own entry point, when present
-        from hamedge.model.export import export_bundle
-    except ImportError:
-        export_bundle = None
-    if export_bundle is not None:
-        export_bundle(checkpoint, target)
-        return
-    # Minimal fp32 bundle: the exporter's graph, the spec and the weights.
-    from hamedge.bundle import BundleWriter
-    from hamedge.model.checkpoint import checkpoint_sha256, load_model
-    from hamedge.model.export import export_onnx
+    import sys
 
-    model = load_model(checkpoint)
-    exported = export_onnx(model)
-    with BundleWriter(target, force=True) as writer:
-        writer.write_bytes("model.onnx", exported.model.SerializeToString())
-        writer.copy_file(checkpoint, "weights.safetensors")
-        writer.write_spec(model.spec, exported.graph,
-                          {"checkpoint": checkpoint.name,
-                           "checkpoint_sha256": checkpoint_sha256(checkpoint),
-                           "exporter": "hamedge.api (fp32 only)"})
-        writer.commit()
+    from hamedge.model.export import ExportOptions, export_bundle
+
+    print(f"exporting {checkpoint.name} to a bundle once (cached in {target})", file=sys.stderr)
+    export_bundle(checkpoint, ExportOptions(out=target, force=True), log=lambda *_: None)
 
 
 def resolve_bundle(model: str | os.PathLike | None = None):

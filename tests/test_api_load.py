@@ -63,3 +63,24 @@ def test_bad_inputs(model, tmp_path):
         model.predict(tmp_path / "x.png")
     with pytest.raises(BundleError):
         hamedge.load(tmp_path / "missing")
+
+
+def test_checkpoint_is_exported_once_and_cached(tmp_path, monkeypatch):
+    import torch
+
+    from hamedge.model.checkpoint import save_checkpoint
+    from hamedge.model.network import build_model
+    from infer_helpers import TINY_SPEC
+
+    monkeypatch.setenv("HAMEDGE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(TINY_SPEC).eval(), TINY_SPEC, tmp_path / "m.safetensors")
+    with hamedge.load(ckpt, backend="onnxruntime") as first:
+        root = first.bundle.root
+        p1 = first.predict(np.full((80, 80), 100, np.uint8))
+    assert root.parent == tmp_path / "cache" / "bundles"
+    stamp = (root / "model.onnx").stat().st_mtime_ns
+    with hamedge.load(ckpt, backend="onnxruntime") as again:  # cached: not exported again
+        assert again.bundle.root == root
+        assert again.predict(np.full((80, 80), 100, np.uint8)).probabilities == p1.probabilities
+    assert (root / "model.onnx").stat().st_mtime_ns == stamp
