@@ -97,6 +97,8 @@ def evaluate_cmd(
     result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size,
                                  limit=limit, with_baseline=baseline)
     console = Console()
+    if not console.is_terminal:  # piped: do not squash the 15-column table into 80 columns
+        console = Console(width=160)
     console.print(format_table(result, title=f"{Path(result['checkpoint']['path']).name} on "
                                              f"{data.name}/{split} ({result['num_images']} images)"))
     if baseline:
