@@ -142,8 +142,13 @@ def _bbox(mask: np.ndarray, level: float = 0.3) -> list[int] | None:
     return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
-def render(index: int, seed: int, size: int = 512) -> tuple[np.ndarray, list[str], dict[str, list[list[int]]]]:
+def render(index: int, seed: int, size: int = 512, *, draw_findings: bool = True,
+           ) -> tuple[np.ndarray, list[str], dict[str, list[list[int]]]]:
     """Draw synthetic image ``index`` of ``seed``.
+
+    ``draw_findings=False`` draws the same picture without the lesions (every random draw is
+    still made, so only the findings differ; an enlarged heart stays, it is anatomy): for tests
+    and for looking at what a finding changes.
 
     Returns (uint8 (size, size) image, labels in SYNTH_CLASSES order, {class: [[x, y, w, h], ...]}
     in pixels of this image). An empty label list is a normal image.
@@ -209,6 +214,7 @@ def render(index: int, seed: int, size: int = 512) -> tuple[np.ndarray, list[str
                 cv2.line(markings, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1.0, thick, cv2.LINE_AA)
                 p0 = p1
     markings = _blur(markings, S * 0.002) * lung_all
+    markings_intact = markings.copy()
 
     # Mediastinum, spine (with vertebral end plates) and heart, brighter than the lungs.
     medi = _fill(S, [_poly([(cx - S * 0.05, S * 0.05), (cx + S * 0.055, S * 0.05),
@@ -325,6 +331,9 @@ def render(index: int, seed: int, size: int = 512) -> tuple[np.ndarray, list[str
             lesion_layer += m * rng.uniform(0.16, 0.3)
             found.append((name, m))
 
+    if not draw_findings:
+        lesion_layer[:] = 0
+        markings = markings_intact
     img += markings * rng.uniform(0.05, 0.09) + lesion_layer
 
     # --- pose, exposure and noise ---------------------------------------------------------------

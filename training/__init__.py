@@ -1,0 +1,1 @@
+"""Training HAM models: data pipeline (training.data), losses, the training loop, evaluation."""
