@@ -112,12 +112,23 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha
     ramped from 0 at ``low`` to 1 at 1.0, so cold regions keep the untouched X-ray. Returns HxWx3
     uint8 RGB.
     """
-    base = to_display(image)
+    return cv2.cvtColor(_overlay_bgr(image, heatmap, colormap, alpha, low), cv2.COLOR_BGR2RGB)
+
+
+def _overlay_bgr(image, heatmap, colormap="jet", alpha=0.5, low=0.2) -> np.ndarray:
+    if colormap not in _COLORMAPS:
+        raise HamedgeError(f"unknown colour map {colormap!r}; known: {', '.join(_COLORMAPS)}")
+    base = to_display(image)  # RGB; gray X-rays have equal channels, so RGB == BGR for them
+    if base.ndim == 3 and not (image.ndim == 2):
+        base = cv2.cvtColor(base, cv2.COLOR_RGB2BGR)
     heat = resize_heatmap(heatmap, base.shape[:2])
-    colours = colorize(heat, colormap).astype(np.float32)
-    weight = alpha * np.clip((heat - low) / max(1e-6, 1.0 - low), 0.0, 1.0)[:, :, None]
-    blended = base.astype(np.float32) * (1.0 - weight) + colours * weight
-    return (blended + 0.5).astype(np.uint8)
+    levels = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    colours = cv2.applyColorMap(levels, _COLORMAPS[colormap])
+    weight = heat - np.float32(low)
+    weight *= np.float32(alpha / max(1e-6, 1.0 - low))
+    np.clip(weight, 0.0, alpha, out=weight)
+    # one fused C++ pass: base * (1 - w) + colours * w
+    return cv2.blendLinear(base, colours, 1.0 - weight, weight)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -148,7 +159,8 @@ def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray, kind: str = "over
         if image is None:
             raise ValueError("an overlay needs the image")
         out = root + ".png"
-        write_bytes(out, encode_png(overlay(image, heatmap, colormap)))
+        ok, data = cv2.imencode(".png", _overlay_bgr(image, heatmap, colormap))
+        write_bytes(out, data.tobytes())
     elif kind == "png":
         heat = heatmap if size is None else resize_heatmap(heatmap, size)
         out = root + ".png"
