@@ -126,6 +126,11 @@ def _minmax(data: np.ndarray) -> np.ndarray:
     return ((data - lo) / (hi - lo)).astype(np.float32)
 
 
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1].strip() if text else type(exc).__name__
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -161,10 +166,14 @@ def _read_dicom(path: Path) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        if getattr(syntax, "is_compressed", False):
-            raise DataError(f"{path}: compressed DICOM ({syntax.name}) needs a decoder that is not "
-                            "installed (e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from None
-        raise DataError(f"{path}: cannot decode DICOM pixel data ({_one_line(exc)})") from None
+        text = str(exc).lower()
+        if getattr(syntax, "is_compressed", False) and ("missing" in text or "no pixel data decoders" in text
+                                                        or "not supported" in text):
+            raise DataError(f"{path}: compressed DICOM ({syntax.name}) needs a decoder that is not installed "
+                            "(e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or "
+                            "python-gdcm)") from None
+        raise DataError(f"{path}: cannot decode DICOM pixel data ({_one_line(exc).rstrip(':')}: "
+                        f"{_last_line(exc)})") from None
     except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError) as exc:
         raise DataError(f"{path}: cannot decode DICOM pixel data ({_one_line(exc)})") from None
 
