@@ -200,3 +200,17 @@ def test_tensorrt_matches_onnxruntime(tmp_path):
         ref = ort_b.run(x)
     np.testing.assert_allclose(first.class_probs, ref.class_probs, atol=1e-3)
     np.testing.assert_array_equal(first.class_probs, again.class_probs)
+
+
+def test_torch_refine_on_device_matches_numpy_refinement(bundle_dir):
+    from hamedge.pipeline import predictions_from_outputs
+
+    x = np.repeat(_batch(1, n=2), 3, axis=1)
+    with open_backend(bundle_dir, "torch", refine_on_device=True) as fused, \
+            open_backend(bundle_dir, "torch") as plain:
+        a, b = fused.run(x), plain.run(x)
+    assert a.heatmaps_refined and a.attention_maps.shape == (2, 15, 64, 64)
+    pa = predictions_from_outputs(a, fused.spec, [(64, 64)] * 2)
+    pb = predictions_from_outputs(b, plain.spec, [(64, 64)] * 2)
+    for name in ("anomaly", "Mass"):
+        assert np.abs(pa[1].heatmap(name) - pb[1].heatmap(name)).max() < 1e-3

@@ -59,14 +59,10 @@ class TorchBackend(Backend):
         """Refined heatmaps on the device: the fused custom op when present, else plain torch ops."""
         spec = self.spec
         try:
-            from hamedge.ops.torch_op import refine as fused  # engineer C's custom op (optional)
+            from hamedge.ops.torch_op import refine_torch  # the fused custom op (CPU and CUDA)
         except ImportError:
-            fused = None
-        if fused is not None:
-            return fused(cams, (size, size), spec.cam_gain, spec.cam_center)
-        from hamedge.ops.torch_refine import refine_maps_torch
-
-        return refine_maps_torch(cams, (size, size), spec.cam_gain, spec.cam_center)
+            from hamedge.ops.torch_refine import refine_maps_torch as refine_torch
+        return refine_torch(cams, (size, size), spec.cam_gain, spec.cam_center)
 
     def _close(self) -> None:
         self.model = None
