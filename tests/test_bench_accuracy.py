@@ -29,7 +29,7 @@ def test_accuracy_and_agreement_on_synthetic_data(bundle, samples, tmp_path):
 
     opts = BenchOptions(model=bundle, samples=samples, batch_sizes=[2], warmup=0, iterations=2,
                         out=tmp_path, synthetic_count=12, backends=["onnxruntime"],
-                        cache_dir=tmp_path / "cache")
+                        cache_dir=tmp_path / "cache", threads=1)
     res = run_bench(opts, log=lambda _t: None)
     write_outputs(res, tmp_path)
     acc = {(a["backend"], a["precision"]): a for a in res["accuracy"]}

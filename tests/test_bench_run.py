@@ -40,7 +40,7 @@ def samples(tmp_path_factory) -> Path:
 def latency_run(bundle, samples, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out")
     code = run_app(["bench", "--model", str(bundle), "--samples", str(samples), "--no-accuracy",
-                    "--batch-sizes", "1,2", "--warmup", "1", "--iterations", "4", "--out", str(out),
+                    "--batch-sizes", "1,2", "--warmup", "1", "--iterations", "4", "--out", str(out), "--threads", "1",
                     "--cache-dir", str(out / "cache")])
     assert code == 0
     return out
@@ -103,3 +103,33 @@ def test_user_mistakes_are_one_line(bundle, tmp_path, capsys):
     assert "Traceback" not in err
     assert err.count("error: ") == 3
 
+
+
+def test_page_of_a_real_run_renders_offline(latency_run, tmp_path):
+    import re
+
+    from test_bench_report import dump_dom
+
+    page = (latency_run / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    dom = dump_dom(latency_run / "report.html", tmp_path)
+    status = re.search(r'id="render-status"[^>]*', dom).group(0)
+    images = int(re.search(r'data-images="(\d+)"', status).group(1))
+    assert images >= 2 + 4  # two plots (no accuracy run) and overlays for 4 configurations
+    assert int(re.search(r'data-rendered="(\d+)"', status).group(1)) == images
+    assert int(re.search(r'data-tables="(\d+)"', status).group(1)) >= 16
+
+
+def test_eager_baseline_preprocessing_is_the_reference_rule(samples):
+    """The baseline times the reference's own path (PIL RGB resize); it must produce exactly the
+    input hamedge.preprocess gives, or the two would not be doing the same work."""
+    from hamedge.bench.eager import reference_preprocess
+    from hamedge.io import read_image
+    from hamedge.preprocess import preprocess
+    from hamedge.spec import ModelSpec
+
+    spec = ModelSpec(input_size=96)
+    path = sorted(samples.glob("*.png"))[0]
+    ref = reference_preprocess(path, spec)
+    assert ref.shape == (3, 96, 96) and ref.dtype == np.float32
+    np.testing.assert_array_equal(ref, preprocess(read_image(path), spec))

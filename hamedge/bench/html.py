@@ -22,6 +22,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-spac
 th:first-child, td:first-child { text-align: left; }
 th { background: #f0f0f0; }
 tr.over-budget td { background: #fde2e2; color: #900; font-weight: bold; }
+div.scroll { overflow-x: auto; max-width: 100%; }
 p.note { font-size: 0.8em; color: #555; max-width: 70em; }
 img.plot { max-width: 100%; border: 1px solid #ddd; margin: 0.4em 0; }
 .overlays td { vertical-align: top; text-align: center; }
@@ -60,14 +61,14 @@ def render_html(results: dict[str, Any], out_dir: Path, plots: dict[str, str]) -
     parts += [f"<li>{_e(line)}</li>" for line in header_lines(results)]
     parts.append("</ul>")
     for t in all_tables(results):
-        parts.append(f"<h2>{_e(t.title)}</h2><table class='results'><thead><tr>")
+        parts.append(f"<h2>{_e(t.title)}</h2><div class='scroll'><table class='results'><thead><tr>")
         parts += [f"<th>{_e(c)}</th>" for c in t.columns]
         parts.append("</tr></thead><tbody>")
         for row, bad in zip(t.rows, t.flagged):
             parts.append("<tr class='over-budget'>" if bad else "<tr>")
             parts += [f"<td>{_e(c)}</td>" for c in row]
             parts.append("</tr>")
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table></div>")
         if t.note:
             parts.append(f"<p class='note'>{_e(t.note)}</p>")
     titles = {"latency": "Latency distribution", "throughput": "Throughput against batch size",

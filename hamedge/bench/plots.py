@@ -70,6 +70,9 @@ def throughput_vs_batch(results: dict[str, Any], path: Path) -> Path:
             style = "--" if name.startswith("torch-eager") else "-"
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
         ax.set_xscale("log", base=2)
+        batches = sorted({e["batch"] for e in results["latency"]})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
         ax.set_xlabel("batch size")
         ax.set_ylabel("images / s")
         ax.set_title({"model": "model only", "e2e": "end-to-end"}[mode])

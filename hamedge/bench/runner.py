@@ -90,17 +90,21 @@ def resolve_bundle(opts: BenchOptions, log: Log):
         except HamedgeError:
             log(f"cached bundle {target} is unusable; exporting again")
     log(f"exporting {ckpt.name} (fp32 + INT8) to {target} once; later runs reuse it")
-    return export_checkpoint(ckpt, target)
+    return export_checkpoint(ckpt, target, log)
 
 
-def export_checkpoint(ckpt: Path, target: Path):
-    """Export with the project's exporter (INT8 included)."""
+def export_checkpoint(ckpt: Path, target: Path, log: Log):
+    """Export as `hamedge export --int8` does (calibrated, guarded). If INT8 cannot hold the
+    budget, export it anyway without the guard: the bench measures it and marks the breach."""
+    from calibration import Int8BudgetError
+    from hamedge.model.export import ExportOptions, export_bundle
+
     try:
-        from hamedge.model.export import export_bundle
-    except ImportError:
-        raise HamedgeError("this hamedge has no bundle exporter; run `hamedge export` first and "
-                           "pass the bundle with --model") from None
-    return export_bundle(ckpt, target, int8=True, force=True)
+        return export_bundle(ckpt, ExportOptions(out=target, force=True, int8=True), log=log)
+    except Int8BudgetError as exc:
+        log(f"INT8 export guard: {exc}; exporting INT8 without the guard so the bench can show it")
+        return export_bundle(ckpt, ExportOptions(out=target, force=True, int8=True, guard=False),
+                             log=log)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -118,7 +122,9 @@ def load_labelled(opts: BenchOptions, spec, work: Path, log: Log):
         root = work / f"synthetic-{opts.synthetic_count}-{size}"
         if not (root / "dataset.json").is_file():
             log(f"generating {opts.synthetic_count} synthetic labelled X-rays in {root}")
-            synth.generate(root, opts.synthetic_count, seed=0, size=size, overwrite=True)
+            # In-process (workers=1): synth's worker pool forks, and forking a process that
+            # already runs torch / ONNX Runtime threads can deadlock the children.
+            synth.generate(root, opts.synthetic_count, seed=0, size=size, overwrite=True, workers=1)
         # Every image counts (split "all"): the bench only evaluates, nothing here was trained on.
         labelled = load_dataset(root, split="all", class_names=spec.class_names)
         text = f"synthetic: {len(labelled.records)} images from hamedge.synth (seed 0, {size} px)"
@@ -332,6 +338,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     threads = opts.threads or usable_cores()
     results = new_results()
     results["budget"] = dict(opts.budget)
+    load_start = load_average()
 
     bundle = resolve_bundle(opts, log)
     spec = bundle.spec
@@ -390,6 +397,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
             _time(results, backend.name, backend.precision, batch_size, "e2e",
                   lambda: end_to_end(backend, chunk, spec), rule, graph_size(bundle, backend), log)
     fill_speedups(results)
+    check_load(results, load_start)
 
     if opts.accuracy:
         run_accuracy(results, opts, eager, opened, labelled, spec, log)
@@ -400,6 +408,27 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     if calibration:
         results["calibration"] = calibration
     return results
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def check_load(results: dict[str, Any], load_start: float | None) -> None:
+    """Record the 1-minute load average around the timings; other work on the machine (more
+    runnable threads than cores) slows multi-threaded runtimes unevenly, so say so."""
+    load_end = load_average()
+    cores = results["machine"]["cores"]
+    results["machine"]["load_average"] = {"start": load_start, "end": load_end}
+    busy = [v for v in (load_start, load_end) if v is not None and v > 0.5 * cores + 0.5]
+    if busy:
+        results["notes"].append(
+            f"the machine was busy during the timings (1-minute load average {max(busy):.1f} on "
+            f"{cores} cores): other processes competed for the CPU, so these latencies are "
+            f"pessimistic and the speed-ups unreliable; re-run on an idle machine")
 
 
 def _ref_pre(path: Path, spec) -> np.ndarray:
