@@ -79,15 +79,26 @@ class EagerBaseline:
 
         return run
 
-    def end_to_end(self, files: list[Path]) -> dict[str, np.ndarray]:
-        """Files -> reference preprocessing -> forward -> probabilities and refined heatmaps."""
+    def end_to_end(self, files: list[Path], stages=None) -> dict[str, np.ndarray]:
+        """Files -> reference preprocessing -> forward -> probabilities and refined heatmaps.
+        ``stages``: a hamedge.bench.runner.Stages collecting time per stage."""
+        if stages is not None:
+            stages.start()
         x = self.to_tensor(np.stack([reference_preprocess(f, self.spec) for f in files]))
+        if stages is not None:
+            stages.mark("read+preprocess")
         out = self.forward(x)
+        self._sync()
+        if stages is not None:
+            stages.mark("forward+refine")
         torch = self.torch
         heatmaps = torch.cat((out.anomaly_map, out.class_maps), dim=1)
-        return {"class_probs": torch.sigmoid(out.class_logits).cpu().numpy(),
-                "anomaly_prob": torch.sigmoid(out.anomaly_logit).cpu().numpy(),
-                "heatmaps": heatmaps.cpu().numpy()}
+        result = {"class_probs": torch.sigmoid(out.class_logits).cpu().numpy(),
+                  "anomaly_prob": torch.sigmoid(out.anomaly_logit).cpu().numpy(),
+                  "heatmaps": heatmaps.cpu().numpy()}
+        if stages is not None:
+            stages.mark("to numpy")
+        return result
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """hamedge.evaluation's predict_fn: preprocessed batch -> probs, anomaly, refined maps."""

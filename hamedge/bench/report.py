@@ -94,6 +94,24 @@ def latency_table(results: dict[str, Any]) -> TableData:
               f"samples: read it as the slowest call."))
 
 
+def stages_table(results: dict[str, Any]) -> TableData | None:
+    """Where the end-to-end time goes, per configuration and batch (mean ms per call)."""
+    entries = [e for e in results["latency"] if e["mode"] == "e2e" and e.get("stages_ms")]
+    if not entries:
+        return None
+    stages: list[str] = []
+    for e in entries:
+        stages += [k for k in e["stages_ms"] if k not in stages]
+    rows = []
+    for e in sorted(entries, key=lambda e: (e["batch"], not e.get("baseline"), e["backend"], e["precision"])):
+        rows.append([f"{e['backend']}/{e['precision']}", str(e["batch"])]
+                    + [_f(e["stages_ms"].get(k)) for k in stages] + [_f(sum(e["stages_ms"].values()))])
+    return TableData(title="End-to-end time by stage (ms per call)", columns=["configuration", "batch"]
+                     + stages + ["sum"], rows=rows, flagged=[False] * len(rows),
+                     note="means over every call, warm-up included; the baseline's stages are the "
+                          "reference's (PIL read+resize in RGB, forward with full-resolution refinement)")
+
+
 def accuracy_table(results: dict[str, Any], only: tuple[str, ...] | None = None) -> TableData:
     """``only``: the T(IoU) thresholds to show (the terminal shows a few; files show all)."""
     rows, flagged = [], []
@@ -147,6 +165,9 @@ def per_class_table(results: dict[str, Any]) -> TableData | None:
 def all_tables(results: dict[str, Any], compact: bool = False) -> list[TableData]:
     """Every table; ``compact`` (the terminal): fewer T(IoU) columns and no per-class table."""
     tables = [summary_table(results), latency_table(results)]
+    stages = None if compact else stages_table(results)
+    if stages is not None:
+        tables.append(stages)
     if results.get("accuracy"):
         tables.append(accuracy_table(results, ("0.1", "0.3", "0.5", "0.7") if compact else None))
         per_class = None if compact else per_class_table(results)

@@ -198,18 +198,45 @@ def graph_size(bundle, backend) -> int | None:
 
 
 # -- end-to-end ---------------------------------------------------------------------------------
-def end_to_end(backend, files: list[Path], spec) -> tuple[Any, np.ndarray]:
+class Stages:
+    """Wall time per stage of the end-to-end path, summed over calls (mean ms per call after)."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = {}
+        self.calls = 0
+        self._t = 0
+
+    def start(self) -> None:
+        self.calls += 1
+        self._t = time.perf_counter_ns()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter_ns()
+        self.ns[stage] = self.ns.get(stage, 0) + now - self._t
+        self._t = now
+
+    def mean_ms(self) -> dict[str, float]:
+        return {k: v / 1e6 / max(self.calls, 1) for k, v in self.ns.items()}
+
+
+def end_to_end(backend, files: list[Path], spec, stages: Stages | None = None) -> tuple[Any, np.ndarray]:
     """Files -> hamedge.io -> hamedge.preprocess -> backend -> full-size refined heatmaps: the
     deployed path, built from the same shared functions as `hamedge infer`."""
     from hamedge.io import read_image
     from hamedge.ops.refine import refine_spec
     from hamedge.preprocess import preprocess_batch
 
+    stages = stages or Stages()
+    stages.start()
     images = [read_image(f) for f in files]
-    out = backend.run(preprocess_batch(images, spec, backend.input_channels))
-    if out.heatmaps_refined:
-        return out, out.attention_maps
-    return out, refine_spec(out.attention_maps, spec)
+    stages.mark("read")
+    batch = preprocess_batch(images, spec, backend.input_channels)
+    stages.mark("preprocess")
+    out = backend.run(batch)
+    stages.mark("run")
+    heatmaps = out.attention_maps if out.heatmaps_refined else refine_spec(out.attention_maps, spec)
+    stages.mark("refine")
+    return out, heatmaps
 
 
 def device_probe(backend, batch: np.ndarray) -> Callable[[], None] | None:
@@ -387,15 +414,18 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
         eager_batch = np.stack([_ref_pre(f, spec) for f in chunk])
         _time(results, EAGER, "fp32", batch_size, "model", eager.model_only_fn(eager_batch), rule,
               eager.size_bytes, log, baseline=True)
-        _time(results, EAGER, "fp32", batch_size, "e2e", lambda: eager.end_to_end(chunk), rule,
-              eager.size_bytes, log, baseline=True)
+        stages = Stages()
+        _time(results, EAGER, "fp32", batch_size, "e2e", lambda: eager.end_to_end(chunk, stages),
+              rule, eager.size_bytes, log, baseline=True, stages=stages)
         for backend in opened:
             batch = preprocess_batch(pics, spec, backend.input_channels)
             probe = device_probe(backend, batch)
             _time(results, backend.name, backend.precision, batch_size, "model",
                   lambda: backend.run(batch), rule, graph_size(bundle, backend), log, probe=probe)
+            stages = Stages()
             _time(results, backend.name, backend.precision, batch_size, "e2e",
-                  lambda: end_to_end(backend, chunk, spec), rule, graph_size(bundle, backend), log)
+                  lambda: end_to_end(backend, chunk, spec, stages), rule, graph_size(bundle, backend),
+                  log, stages=stages)
     fill_speedups(results)
     check_load(results, load_start)
 
@@ -447,16 +477,18 @@ def _rule_text(rule: lat.StopRule) -> str:
 
 
 def _time(results, backend: str, precision: str, batch: int, mode: str, fn, rule, size, log,
-          baseline: bool = False, probe=None) -> None:
+          baseline: bool = False, probe=None, stages: Stages | None = None) -> None:
     time.sleep(COOLDOWN_S)
     stats = lat.measure(fn, batch, rule)
     if probe is not None:
         device = lat.measure(probe, batch, rule)
         stats.device_ms = device.mean_ms
         stats.host_ms = max(stats.mean_ms - device.mean_ms, 0.0)
-    results["latency"].append({"backend": backend, "precision": precision, "batch": batch,
-                               "mode": mode, "baseline": baseline, "stats": stats.to_dict(),
-                               "size_bytes": size})
+    entry = {"backend": backend, "precision": precision, "batch": batch, "mode": mode,
+             "baseline": baseline, "stats": stats.to_dict(), "size_bytes": size}
+    if stages is not None:
+        entry["stages_ms"] = stages.mean_ms()  # mean per call, warm-up calls included
+    results["latency"].append(entry)
     log(f"  {config_name(backend, precision):22s} b{batch:<3d} {mode:5s} median "
         f"{stats.median_ms:9.2f} ms  {stats.throughput:8.2f} img/s  ({stats.samples} samples)")
 
