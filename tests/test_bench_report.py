@@ -183,3 +183,48 @@ def test_page_renders_in_headless_chromium(tmp_path):
     rows = int(re.search(r'data-tables="(\d+)"', status).group(1))
     assert images == 7 and rendered == images
     assert rows >= 12 + 3
+
+
+def test_gpu_host_device_split_with_a_fake_tensorrt_backend():
+    """The TensorRT path cannot run here; its timing logic can: device time = the engine's
+    execute + sync alone, host time = the rest of the call, both shown in the latency table."""
+    import time as _time
+
+    from hamedge.bench import runner
+
+    class FakeCuda:
+        stream_handle = 7
+        syncs = 0
+
+        def synchronize(self):
+            FakeCuda.syncs += 1
+
+    class FakeContext:
+        def execute_async_v3(self, stream):
+            assert stream == 7
+            _time.sleep(0.002)
+            return True
+
+    class FakeTRT:
+        name, precision, device = "tensorrt", "fp16", "cuda (fake)"
+        context, cuda = FakeContext(), FakeCuda()
+
+        def run(self, batch):
+            _time.sleep(0.001)  # host work: copies, Python
+            self.context.execute_async_v3(7)
+            self.cuda.synchronize()
+
+    backend = FakeTRT()
+    batch = np.zeros((2, 1, 8, 8), np.float32)
+    probe = runner.device_probe(backend, batch)
+    assert probe is not None
+    r = results.new_results()
+    rule = latency.StopRule(iterations=5, warmup=1)
+    runner._time(r, "tensorrt", "fp16", 2, "model", lambda: backend.run(batch), rule, 100,
+                 lambda _t: None, probe=probe)
+    s = r["latency"][0]["stats"]
+    assert s["device_ms"] >= 2.0 and s["host_ms"] >= 0.5
+    assert s["device_ms"] + s["host_ms"] == pytest.approx(s["mean_ms"], rel=0.01)
+    table = report.latency_table(r)
+    assert table.columns[-2:] == ["host ms", "device ms"]
+    assert runner.device_probe(type("CPU", (), {"name": "onnxruntime"})(), batch) is None

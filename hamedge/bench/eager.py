@@ -34,9 +34,10 @@ def reference_preprocess(path: str | Path, spec) -> np.ndarray:
 
 
 class EagerBaseline:
-    """model(x) with refine=True on torch CPU (or CUDA), fp32, as the reference evaluates."""
+    """model(x) with refine=True, fp32, on CUDA when present else the CPU, as the reference
+    evaluates."""
 
-    def __init__(self, weights: str | Path, spec=None, device: str = "cpu",
+    def __init__(self, weights: str | Path, spec=None, device: str | None = None,
                  threads: int | None = None) -> None:
         try:
             import torch
@@ -46,6 +47,8 @@ class EagerBaseline:
         from hamedge.model.checkpoint import load_model
 
         self.torch = torch
+        if device is None:  # the reference runs on the GPU when there is one
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if threads:
             torch.set_num_threads(int(threads))
         self.device = device

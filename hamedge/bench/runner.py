@@ -391,8 +391,9 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     }
 
     # Configurations: the eager baseline first, then whatever opens here.
-    log(f"baseline: PyTorch eager fp32 ({threads} threads)")
     eager = EagerBaseline(bundle.weights_path, spec, threads=threads)
+    log(f"baseline: PyTorch eager fp32 on {eager.device} ({threads} CPU threads)")
+    results["settings"]["eager_device"] = eager.device
     pairs, explicit = candidate_configs(opts)
     opened = []
     for backend, precision in pairs:
