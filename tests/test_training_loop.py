@@ -200,3 +200,27 @@ def test_cli_train_smoke(tiny_data, tmp_path):
     assert (tmp_path / "cli" / "best.safetensors").is_file()
     cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert cfg["loss_weights"]["ex_cls"] == 1.0 and cfg["loss_weights"]["ano"] == 0.01
+
+
+def test_sigterm_saves_resumable_state(tiny_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import training.train as T
+
+    calls = {"n": 0}
+    real = T.batch_losses
+
+    def terminated(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "batch_losses", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(config(tiny_data, tmp_path / "t", epochs=1))
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+    state = torch.load(tmp_path / "t" / "last.train.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (1, 1)

@@ -25,6 +25,8 @@ import io
 import json
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +236,10 @@ def train(config: TrainConfig, console=None) -> Path:
 
     model.train()
     epoch, batch_index = start_epoch, start_batch
+    # `kill` (SIGTERM) saves a resumable state like Ctrl-C does: handy for background runs.
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Where a Ctrl-C resumes: the first batch not yet applied, with the RNG state it started from.
     batch_rng, next_batch = None, start_batch
     try:
@@ -331,7 +337,14 @@ def train(config: TrainConfig, console=None) -> Path:
         console.print(f"[yellow]interrupted: resumable state saved to {out} "
                       f"(epoch {epoch}, batch {next_batch}); rerun with --resume")
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return best_w if best_w.is_file() else last_w
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _f(value) -> str:
