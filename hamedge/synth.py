@@ -443,7 +443,10 @@ def generate(out_dir: str | os.PathLike, count: int, seed: int, size: int = 512,
                 i, labels, boxes = _render_png(job)
                 results[i] = (labels, boxes)
         else:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            # Not "fork": a parent whose OpenCV/OpenMP thread pools are already running can
+            # deadlock in a forked child. forkserver children start clean and cheaply.
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             with ctx.Pool(workers, initializer=_init_worker) as pool:
                 for i, labels, boxes in pool.imap_unordered(_render_png, jobs, chunksize=8):
                     results[i] = (labels, boxes)
