@@ -139,8 +139,8 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
     for r in rows:
         per = ", ".join(f"b{b}: {s:.2f}x" for b, s in sorted(r["batches"].items())) or "-"
         verdict = {True: "met", False: "MISSED", None: "-"}[r["met"]]
-        lines.append(f"| {r['what']} | >= {r['min_speedup']}x | "
-                     f"{'-' if r['measured'] is None else f'{r['measured']:.2f}x'} | {per} | "
+        measured_text = "-" if r["measured"] is None else f"{r['measured']:.2f}x"
+        lines.append(f"| {r['what']} | >= {r['min_speedup']}x | {measured_text} | {per} | "
                      f"{verdict}: {r.get('note', '')} |")
     lines += ["", "Full reports:"] + [f"- {k}: `{p.relative_to(ROOT)}/results.md` and `report.html`"
                                       for k, p in dirs.items()]
