@@ -152,10 +152,36 @@ def test_plots_and_page_are_written(tmp_path):
     assert "over-budget" in page
 
 
+def _find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+_INSTALL_TRIED: list[str] = []
+
+
 def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    """Headless Chromium for the page tests: found, or installed from Debian's package (as root,
+    once per session), or the test is skipped with the reason."""
+    exe = _find_chromium()
+    if exe is None and not _INSTALL_TRIED:
+        import os
+
+        apt = shutil.which("apt-get")
+        if apt is None or os.geteuid() != 0:
+            _INSTALL_TRIED.append("not root or no apt-get: install Debian's chromium package")
+        else:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            try:
+                for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "chromium"]):
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+                    if done.returncode != 0:
+                        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:])
+                _INSTALL_TRIED.append("installed")
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                _INSTALL_TRIED.append(f"apt-get install chromium failed: {exc}")
+        exe = _find_chromium()
     if exe is None:
-        pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
+        pytest.skip(f"headless Chromium unavailable ({_INSTALL_TRIED[-1] if _INSTALL_TRIED else 'not found'})")
     return exe
 
 
