@@ -30,7 +30,7 @@ import numpy as np
 from hamedge.errors import DataError
 from hamedge.fsutil import write_text
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # bump whenever the same seed would draw different pixels
 
 # The findings the generator draws, in the (fixed) order of the demo model's class list.
 SYNTH_CLASSES: tuple[str, ...] = (
@@ -111,19 +111,22 @@ def _lung_polygon(rng, S, side, cx, top, base, width, dome):
 
 
 def _sample_point(rng, mask: np.ndarray, ymin: float = 0.0, ymax: float = 1e9, margin: float = 0.0):
-    """A random pixel of mask (> 0.5) whose y lies in [ymin, ymax], at least ``margin`` px inside."""
-    binary = (mask > 0.5).astype(np.uint8)
-    if margin > 0:
-        k = int(2 * margin + 1)
-        binary = cv2.erode(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    ys, xs = np.nonzero(binary)
+    """A random pixel of mask (> 0.5) whose y lies in [ymin, ymax] and that lies about ``margin``
+    px inside the mask (checked in 8 directions: much cheaper than an erosion)."""
+    ys, xs = np.nonzero(mask > 0.5)
     keep = (ys >= ymin) & (ys <= ymax)
     if keep.any():
         ys, xs = ys[keep], xs[keep]
-    if len(ys) == 0:
-        ys, xs = np.nonzero(mask > 0.5)
-    i = int(rng.integers(len(ys)))
-    return float(xs[i]), float(ys[i])
+    h, w = mask.shape
+    d = margin / np.sqrt(2)
+    offsets = [(margin, 0), (-margin, 0), (0, margin), (0, -margin), (d, d), (d, -d), (-d, d), (-d, -d)]
+    for _ in range(64):
+        i = int(rng.integers(len(ys)))
+        x, y = float(xs[i]), float(ys[i])
+        if all(mask[min(max(int(y + oy), 0), h - 1), min(max(int(x + ox), 0), w - 1)] > 0.5
+               for ox, oy in offsets):
+            return x, y
+    return x, y  # a thin region: accept the last candidate
 
 
 def _pick_labels(rng: np.random.Generator) -> list[str]:
