@@ -123,6 +123,11 @@ def goal_rows(measured: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def _load(res: dict) -> str:
+    load = res.get("machine", {}).get("load_average") or {}
+    return " / ".join("?" if load.get(k) is None else f"{load[k]:.1f}" for k in ("start", "end"))
+
+
 def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
     rows = goal_rows(measured)
     any_res = next(iter(measured.values()), {})
@@ -130,8 +135,8 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
     lines = ["# hamedge bench: reference measurements", "",
              f"- machine: {m.get('cpu')} ({m.get('cores')} usable cores; GPU: {m.get('gpu') or 'none'})",
              f"- date: {any_res.get('created')}; commit: {any_res.get('commit')}",
-             f"- load average around the timings: "
-             + ", ".join(f"{k}: {v.get('machine', {}).get('load_average')}" for k, v in measured.items()),
+             "- 1-minute load average before / after the timings: "
+             + ", ".join(f"{k}: {_load(v)}" for k, v in measured.items()),
              "- speed-up = throughput / PyTorch eager throughput (the reference's way: PIL preprocessing "
              "+ full forward with refined maps) at the same batch size, same run", "",
              "| goal | target | measured (worst batch) | per batch | verdict |",
