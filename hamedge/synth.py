@@ -418,6 +418,9 @@ def generate(out_dir: str | os.PathLike, count: int, seed: int, size: int = 512,
     ImageSets/bbox/{train,val,test}.txt and dataset.json. The box-supervised train images are a
     seeded ``box_fraction`` share of the train images *that have findings* (normal images have
     no boxes to supervise with). Returns the dataset.json content (plus "seconds").
+
+    With ``workers`` > 1 the images are drawn by a forkserver process pool, so a calling script
+    needs the usual ``if __name__ == "__main__":`` guard; ``workers=1`` draws in-process.
     """
     out = Path(out_dir)
     if count < 1:

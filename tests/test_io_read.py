@@ -177,3 +177,14 @@ def test_find_images(tmp_path):
     assert find_images(tmp_path / "x.png")[0] == [tmp_path / "x.png"]
     with pytest.raises(DataError):
         find_images(tmp_path / "nope")
+
+
+def test_dicom_rle_compressed_round_trip(tmp_path):
+    path = write_dicom(tmp_path / "plain.dcm", RAMP12)
+    ds = pydicom.dcmread(path)
+    try:
+        ds.compress(pydicom.uid.RLELossless)
+    except Exception as exc:  # encoder plugins vary between pydicom installs
+        pytest.skip(f"RLE encoder unavailable: {exc}")
+    ds.save_as(tmp_path / "rle.dcm")
+    assert np.allclose(read_image(tmp_path / "rle.dcm"), RAMP12 / 4095.0)
