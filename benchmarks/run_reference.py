@@ -124,8 +124,11 @@ def goal_rows(measured: dict[str, dict]) -> list[dict]:
 
 
 def _load(res: dict) -> str:
-    load = res.get("machine", {}).get("load_average") or {}
-    return " / ".join("?" if load.get(k) is None else f"{load[k]:.1f}" for k in ("start", "end"))
+    machine = res.get("machine", {})
+    load = machine.get("load_average") or {}
+    text = " / ".join("?" if load.get(k) is None else f"{load[k]:.1f}" for k in ("start", "end"))
+    share = machine.get("other_processes_cpu_share")
+    return text + ("" if share is None else f" (other processes used {100 * share:.0f}% of the CPU)")
 
 
 def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
@@ -135,7 +138,8 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
     lines = ["# hamedge bench: reference measurements", "",
              f"- machine: {m.get('cpu')} ({m.get('cores')} usable cores; GPU: {m.get('gpu') or 'none'})",
              f"- date: {any_res.get('created')}; commit: {any_res.get('commit')}",
-             "- 1-minute load average before / after the timings: "
+             "- 1-minute load average before / after the timings, and other processes' share of "
+             "the CPU during them: "
              + ", ".join(f"{k}: {_load(v)}" for k, v in measured.items()),
              "- speed-up = throughput / PyTorch eager throughput (the reference's way: PIL preprocessing "
              "+ full forward with refined maps) at the same batch size, same run", "",
@@ -151,7 +155,7 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
                                       for k, p in dirs.items()]
     for name, res in measured.items():
         for note in res.get("notes", []):
-            if "busy" in note:
+            if "busy" in note:  # the bench's own warning
                 lines.append(f"- note ({name}): {note}")
     write_text(RESULTS / "bench_reference.md", "\n".join(lines) + "\n")
     write_text(RESULTS / "bench_reference.json",

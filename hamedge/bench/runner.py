@@ -365,7 +365,6 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     threads = opts.threads or usable_cores()
     results = new_results()
     results["budget"] = dict(opts.budget)
-    load_start = load_average()
 
     bundle = resolve_bundle(opts, log)
     spec = bundle.spec
@@ -409,6 +408,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     log("configurations: " + ", ".join(config_name(b.name, b.precision) for b in opened))
 
     images = [read_image(f) for f in files]
+    load_start, cpu_start = load_average(), cpu_snapshot()
     for batch_size in opts.batch_sizes:
         chunk = cycle(files, batch_size)
         pics = [images[files.index(f)] for f in chunk]
@@ -428,7 +428,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
                   lambda: end_to_end(backend, chunk, spec, stages), rule, graph_size(bundle, backend),
                   log, stages=stages)
     fill_speedups(results)
-    check_load(results, load_start)
+    check_load(results, load_start, cpu_start)
 
     if opts.accuracy:
         run_accuracy(results, opts, eager, opened, labelled, spec, log)
@@ -448,18 +448,42 @@ def load_average() -> float | None:
         return None
 
 
-def check_load(results: dict[str, Any], load_start: float | None) -> None:
-    """Record the 1-minute load average around the timings; other work on the machine (more
-    runnable threads than cores) slows multi-threaded runtimes unevenly, so say so."""
-    load_end = load_average()
-    cores = results["machine"]["cores"]
-    results["machine"]["load_average"] = {"start": load_start, "end": load_end}
-    busy = [v for v in (load_start, load_end) if v is not None and v > 0.5 * cores + 0.5]
-    if busy:
+def cpu_snapshot() -> tuple[int, int, float] | None:
+    """(all CPUs' busy jiffies, all CPUs' total jiffies, this process's CPU seconds), Linux only."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    total = sum(fields)
+    idle = fields[3] + fields[4]  # idle + iowait
+    t = os.times()
+    return total - idle, total, t.user + t.system
+
+
+def other_cpu_share(before, after) -> float | None:
+    """Share of the machine's CPU time that *other* processes used between two snapshots."""
+    if before is None or after is None:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy, total = after[0] - before[0], after[1] - before[1]
+    own = (after[2] - before[2]) * hz
+    if total <= 0:
+        return None
+    return max(0.0, min(1.0, (busy - own) / total))
+
+
+def check_load(results: dict[str, Any], load_start: float | None, cpu_start) -> None:
+    """Record how busy the machine was during the timings. Other processes steal cores from
+    multi-threaded runtimes unevenly (PyTorch's OpenMP threads suffer most), so say so."""
+    share = other_cpu_share(cpu_start, cpu_snapshot())
+    results["machine"]["load_average"] = {"start": load_start, "end": load_average()}
+    results["machine"]["other_processes_cpu_share"] = share
+    if share is not None and share > 0.15:
         results["notes"].append(
-            f"the machine was busy during the timings (1-minute load average {max(busy):.1f} on "
-            f"{cores} cores): other processes competed for the CPU, so these latencies are "
-            f"pessimistic and the speed-ups unreliable; re-run on an idle machine")
+            f"the machine was busy during the timings: other processes used {100 * share:.0f}% of "
+            f"its CPU time, so these latencies are pessimistic and the speed-ups unreliable "
+            f"(PyTorch suffers most); re-run on an idle machine")
 
 
 def _ref_pre(path: Path, spec) -> np.ndarray:
