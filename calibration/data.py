@@ -8,11 +8,10 @@ copy of either), and hashed, so calibration.json can say exactly which bytes set
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -71,7 +70,7 @@ def _is_labelled(root: Path) -> bool:
     return (root / "Annotations" / "Tags.json").is_file() or any(root.glob("*.csv"))
 
 
-def _labelled_paths(root: Path, count: int, seed: int, split: str | None
+def _labelled_paths(root: Path, count: int, seed: int, split: str | None, exclude: set[Path]
                     ) -> tuple[list[Path], str] | None:
     """Stratified sample of a labelled set, or None when the folder is not one."""
     try:
@@ -82,7 +81,7 @@ def _labelled_paths(root: Path, count: int, seed: int, split: str | None
         labelled = load_dataset(root, split=split)  # split None: every labelled image
     except DataError:
         return None
-    records = list(labelled.records)
+    records = [r for r in labelled.records if Path(r.path).resolve() not in exclude]
     if not records:
         return None
     if len(records) <= count:
@@ -98,9 +97,16 @@ def _folder_paths(root: Path) -> list[Path]:
 
 
 def select_images(source: str | Path, count: int = DEFAULT_COUNT, seed: int = 0,
-                  split: str | None = None) -> tuple[list[Path], str]:
-    """Pick up to ``count`` image files from ``source``: (paths, how they were chosen)."""
-    root = Path(source)
+                  split: str | None = None, exclude: Iterable[Path] = ()
+                  ) -> tuple[list[Path], str]:
+    """Pick up to ``count`` image files from ``source``: (paths, how they were chosen).
+    ``exclude``: files never to calibrate on (the accuracy guard's images)."""
+    paths, how = _select(Path(source), count, seed, split, {Path(p).resolve() for p in exclude})
+    return paths, how
+
+
+def _select(root: Path, count: int, seed: int, split: str | None, exclude: set[Path]
+            ) -> tuple[list[Path], str]:
     if not root.exists():
         raise DataError(f"calibration folder {root} does not exist")
     if not root.is_dir():
@@ -109,11 +115,11 @@ def select_images(source: str | Path, count: int = DEFAULT_COUNT, seed: int = 0,
         raise DataError(f"--calib-count {count} is too few: INT8 calibration needs at least "
                         f"{MIN_IMAGES} images ({RECOMMENDED_IMAGES}+ recommended)")
     if _is_labelled(root):
-        found = _labelled_paths(root, count, seed, split)
+        found = _labelled_paths(root, count, seed, split, exclude)
         if found:
             return found
     try:
-        paths = sorted(_folder_paths(root))
+        paths = sorted(p for p in _folder_paths(root) if p.resolve() not in exclude)
     except PermissionError as exc:
         raise DataError(f"cannot read calibration folder {root}: {exc.strerror}") from None
     if not paths:
@@ -125,14 +131,14 @@ def select_images(source: str | Path, count: int = DEFAULT_COUNT, seed: int = 0,
 
 
 def load_calibration_set(source: str | Path, spec: ModelSpec, channels: int,
-                         count: int = DEFAULT_COUNT, seed: int = 0,
-                         split: str | None = None) -> CalibrationSet:
+                         count: int = DEFAULT_COUNT, seed: int = 0, split: str | None = None,
+                         exclude: Iterable[Path] = ()) -> CalibrationSet:
     """Select, read, preprocess and hash the calibration images. Unreadable files are skipped
     (and listed); too few readable images is an error, fewer than recommended a warning."""
     from hamedge.io import read_image
     from hamedge.preprocess import preprocess
 
-    paths, selection = select_images(source, count, seed, split)
+    paths, selection = select_images(source, count, seed, split, exclude)
     inputs, used, hashes, skipped = [], [], [], []
     for path in paths:
         try:
@@ -159,14 +165,12 @@ def load_calibration_set(source: str | Path, spec: ModelSpec, channels: int,
     return CalibrationSet(np.stack(inputs), used, hashes, selection, str(source), skipped, notes)
 
 
-def synthetic_heldout(spec: ModelSpec, count: int, seed: int, out_dir: str | Path | None = None,
+def synthetic_heldout(spec: ModelSpec, count: int, seed: int, out_dir: str | Path,
                       size: int | None = None) -> Path:
     """Generate ``count`` synthetic held-out images (NIH layout, boxes on the val split) for the
     default model, from a seed its training data never used. Returns the data set folder."""
     from hamedge import synth
 
-    if out_dir is None:
-        out_dir = Path(tempfile.mkdtemp(prefix="hamedge-heldout-")) / f"synth-{seed}"
     size = size or int(spec.extra.get("synth_size", max(spec.input_size, 256)))
     # nearly everything in the test split (load_dataset's default); its images with findings get
     # box annotations, so the guard can measure localisation

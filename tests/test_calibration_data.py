@@ -33,6 +33,8 @@ def test_plain_folder_seeded_sample(tmp_path):
     assert how == "seeded-sample" and len(a) == 12 and a == b and a != c
     every, how = select_images(root, count=100)
     assert how == "all" and len(every) == 30
+    rest, _ = select_images(root, count=100, exclude=every[:5])  # the guard's images
+    assert rest == every[5:]
 
 
 def test_loaded_set_matches_the_inference_preprocessing(tmp_path):
@@ -57,6 +59,8 @@ def test_labelled_set_is_stratified(tmp_path):
     paths, how = select_images(root, count=10, seed=0)
     assert how == "stratified" and len(paths) == 10
     assert all(p.parent.name == "images" for p in paths)
+    others, _ = select_images(root, count=10, seed=0, exclude=paths)
+    assert len(others) == 10 and not set(others) & set(paths)
 
 
 def test_refusals(tmp_path):

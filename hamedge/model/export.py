@@ -303,9 +303,11 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
     fold = opts.fold and spec.in_channels == 3 and spec.grayscale_foldable
     ckpt_sha = checkpoint_sha256(ckpt)
     calib_set = val_set = None
-    with BundleWriter(opts.out, force=opts.force) as writer:  # refuses an existing --out now
+    with BundleWriter(opts.out, force=opts.force) as writer, \
+            tempfile.TemporaryDirectory(prefix="hamedge-export-") as scratch:
         if opts.int8:  # read the calibration images first: a bad folder fails before the export
-            calib_set, val_set = _int8_inputs(spec, 1 if fold else spec.in_channels, opts, log)
+            calib_set, val_set = _int8_inputs(spec, 1 if fold else spec.in_channels, opts,
+                                              scratch, log)
         log(f"export: {ckpt.name} ({spec.arch}, stride {spec.output_stride}, {spec.input_size} px, "
             f"{spec.num_classes} classes) -> ONNX opset {opts.opset}"
             f"{', grayscale folded' if fold else ''}")
@@ -364,39 +366,19 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
     return bundle
 
 
-def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, log):
+def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: str, log):
+    """(calibration set, guard set or None). Synthetic held-out data goes under ``scratch``."""
     from calibration.data import (SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set,
                                   synthetic_heldout)
     from hamedge.datasets import load_dataset
     from hamedge.synth import SYNTH_CLASSES
 
-    heldout_root = None
-    calib_dir = opts.calib
-    if calib_dir is None:
-        if tuple(spec.class_names) != tuple(SYNTH_CLASSES):
-            log("warning: no --calib given; calibrating on synthetic radiographs, which this "
-                "model was not trained on (pass --calib DIR of your X-rays)")
-        import tempfile
-
-        heldout_root = tempfile.mkdtemp(prefix="hamedge-heldout-")
-        calib_dir = synthetic_heldout(spec, opts.calib_count, SYNTH_CALIB_SEED,
-                                      f"{heldout_root}/calib")
-        log(f"calibration: {opts.calib_count} synthetic held-out images (seed {SYNTH_CALIB_SEED})")
-    with warnings.catch_warnings():  # logged below, once
-        warnings.simplefilter("ignore", UserWarning)
-        calib_set = load_calibration_set(calib_dir, spec, channels, opts.calib_count,
-                                         opts.calib_seed)
-    for note in calib_set.warnings:
-        log(f"warning: {note}")
     val_set = None
-    if opts.guard:
+    if opts.guard:  # the guard's images first: calibration must never see them
         if opts.val is not None:
             val_set = load_dataset(opts.val, split=opts.val_split, class_names=spec.class_names)
         elif tuple(spec.class_names) == tuple(SYNTH_CLASSES):
-            import tempfile
-
-            heldout_root = heldout_root or tempfile.mkdtemp(prefix="hamedge-heldout-")
-            root = synthetic_heldout(spec, opts.val_count, SYNTH_VAL_SEED, f"{heldout_root}/val")
+            root = synthetic_heldout(spec, opts.val_count, SYNTH_VAL_SEED, f"{scratch}/val")
             val_set = load_dataset(root, split="test", class_names=spec.class_names)
             log(f"guard: {len(val_set)} synthetic held-out labelled images (seed {SYNTH_VAL_SEED})")
         else:
@@ -406,6 +388,20 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, log):
             from hamedge.datasets import stratified_sample
 
             val_set = val_set.subset(stratified_sample(val_set.records, opts.val_count, seed=0))
+    calib_dir = opts.calib
+    if calib_dir is None:
+        if tuple(spec.class_names) != tuple(SYNTH_CLASSES):
+            log("warning: no --calib given; calibrating on synthetic radiographs, which this "
+                "model was not trained on (pass --calib DIR of your X-rays)")
+        calib_dir = synthetic_heldout(spec, opts.calib_count, SYNTH_CALIB_SEED, f"{scratch}/calib")
+        log(f"calibration: {opts.calib_count} synthetic held-out images (seed {SYNTH_CALIB_SEED})")
+    guard_images = [r.path for r in val_set.records] if val_set is not None else []
+    with warnings.catch_warnings():  # logged below, once
+        warnings.simplefilter("ignore", UserWarning)
+        calib_set = load_calibration_set(calib_dir, spec, channels, opts.calib_count,
+                                         opts.calib_seed, exclude=guard_images)
+    for note in calib_set.warnings:
+        log(f"warning: {note}")
     return calib_set, val_set
 
 
