@@ -371,7 +371,7 @@ def render(index: int, seed: int, size: int = 512, *, draw_findings: bool = True
 def _render_png(args: tuple[int, int, int, str]) -> tuple[int, list[str], dict]:
     index, seed, size, out = args
     image, labels, boxes = render(index, seed, size)
-    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover - OpenCV failure
         raise RuntimeError("PNG encoding failed")
     # The whole data set is written into a temporary folder that is renamed into place at the
