@@ -249,6 +249,9 @@ def load_nih_layout(root: str | os.PathLike, split: str | None = "test",
         boxes = _boxes(all_boxes.get(name, {}), match, corners=False, where=f"{boxes_path} [{name}]")
         records.append(Record(name, root / "images" / name, labels, boxes, name in box_names))
     match.finish(str(root))
+    absent = [r.name for r in records if not r.path.is_file()]
+    if absent:
+        raise DataError(f"{root / 'images'}: {len(absent)} listed image(s) missing, e.g. {absent[0]}")
     return LabelledSet(root, tuple(class_names), records)
 
 

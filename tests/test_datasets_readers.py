@@ -85,6 +85,9 @@ def test_nih_layout_errors(tmp_path):
     _write_nih_layout(tmp_path, {"a.png": ["Mass"]}, {}, {"test": ["a.png", "zz.png"]})
     with pytest.raises(DataError, match="no labels"):
         load_nih_layout(tmp_path, "test")
+    (tmp_path / "Annotations" / "Tags.json").write_text(json.dumps({"a.png": ["Mass"], "zz.png": []}))
+    with pytest.raises(DataError, match="1 listed image"):
+        load_nih_layout(tmp_path, "test")
     (tmp_path / "Annotations" / "Tags.json").write_text("{not json")
     with pytest.raises(DataError, match="invalid JSON"):
         load_nih_layout(tmp_path, "test")
