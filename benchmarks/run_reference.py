@@ -8,7 +8,7 @@
 
 Each run writes benchmarks/results/bench_<name>_<machine>/ (results.json with machine, versions,
 date and commit; results.md; plots; report.html) and this script writes
-benchmarks/results/bench_reference.{md,json}: the project's performance goals against what was
+benchmarks/results/bench_reference_<machine>.{md,json}: the project's performance goals against what was
 measured, met or missed and by how much.
 
     .venv/bin/python benchmarks/run_reference.py [--only default|resnet50] [--seconds S]
@@ -131,7 +131,7 @@ def _load(res: dict) -> str:
     return text + ("" if share is None else f" (other processes used {100 * share:.0f}% of the CPU)")
 
 
-def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
+def write_summary(measured: dict[str, dict], dirs: dict[str, Path], tag: str) -> None:
     rows = goal_rows(measured)
     any_res = next(iter(measured.values()), {})
     m = any_res.get("machine", {})
@@ -157,8 +157,8 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path]) -> None:
         for note in res.get("notes", []):
             if "busy" in note:  # the bench's own warning
                 lines.append(f"- note ({name}): {note}")
-    write_text(RESULTS / "bench_reference.md", "\n".join(lines) + "\n")
-    write_text(RESULTS / "bench_reference.json",
+    write_text(RESULTS / f"bench_reference_{tag}.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / f"bench_reference_{tag}.json",
                json.dumps({"goals": rows, "runs": {k: str(p.relative_to(ROOT)) for k, p in dirs.items()}},
                           indent=1) + "\n")
     print("\n".join(lines))
@@ -171,31 +171,35 @@ def main() -> None:
                     help="per measurement (default: the bench's rule for the default model; "
                          "10 iterations for resnet50)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hamedge-reference")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for every runtime (default: all usable cores, the goals' setting; "
+                         "1 gives a comparison that other processes on a shared machine distort less)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    tag = machine_tag()
+    tag = machine_tag() + (f"_threads{args.threads}" if args.threads else "")
     measured, dirs = {}, {}
     stop = ["--seconds", str(args.seconds)] if args.seconds else []
+    threads = ["--threads", str(args.threads)] if args.threads else []
     if args.only in (None, "default"):
         out = RESULTS / f"bench_default_{tag}"
-        run_bench(["--batch-sizes", "1,8", "--out", str(out), "--name", "default model", *stop])
+        run_bench(["--batch-sizes", "1,8", "--out", str(out), "--name", "default model", *stop, *threads])
         measured["default"], dirs["default"] = json.loads((out / "results.json").read_text()), out
     if args.only in (None, "resnet50"):
         bundle = resnet50_bundle(args.work)
         out = RESULTS / f"bench_resnet50-s8-512_{tag}"
         run_bench(["--model", str(bundle), "--backends", "onnxruntime", "--precisions", "fp32,int8",
                    "--batch-sizes", "1", "--no-accuracy", "--warmup", "2",
-                   *(stop or ["--iterations", "10"]), "--out", str(out),
+                   *(stop or ["--iterations", "10"]), *threads, "--out", str(out),
                    "--name", "resnet50/stride-8/512 (random weights)"])
         measured["resnet50"], dirs["resnet50"] = json.loads((out / "results.json").read_text()), out
     if not args.only:
-        write_summary(measured, dirs)
+        write_summary(measured, dirs, tag)
     else:  # merge with the other model's last recorded run
         other = "resnet50" if args.only == "default" else "default"
         prev = sorted(RESULTS.glob(f"bench_{'default' if other == 'default' else 'resnet50-s8-512'}_{tag}/results.json"))
         if prev:
             measured[other], dirs[other] = json.loads(prev[0].read_text()), prev[0].parent
-        write_summary(measured, dirs)
+        write_summary(measured, dirs, tag)
 
 
 if __name__ == "__main__":
