@@ -32,7 +32,8 @@ class Int8BudgetError(HamedgeError):
 
 def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: ModelSpec,
                graph: GraphInfo, calib: CalibrationSet, checkpoint_sha256: str, *,
-               val_set: Any = None, val_limit: int | None = None, method: str = "max",
+               val_set: Any = None, val_limit: int | None = None, val_info: dict | None = None,
+               method: str = "max",
                budget: Budget = Budget(), max_rounds: int = 4, forms=("tensorrt", "cpu"),
                enforce_budget: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write ``out_dir``/model.int8.onnx and model.int8.cpu.onnx; return calibration.json's dict.
@@ -111,9 +112,7 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
                              "weights": "int8 symmetric per-channel",
                              "bias": "float" if form == "tensorrt" else "int32"} for form in forms},
             "budget": budget.to_dict(),
-            "validation": None if ref is None else {
-                "source": str(getattr(val_set, "root", getattr(val_set, "source", ""))),
-                "images": ref["num_images"], "fp32": ref["summary"]},
+            "validation": None if ref is None else _validation(val_set, ref, val_info),
             "accuracy": {form: results[form] for form in forms} if ref is not None else None,
             "rounds": rounds,
             "passed": passed if ref is not None else None,
@@ -130,6 +129,19 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
     finally:
         if ranges_path.exists():
             ranges_path.unlink()
+
+
+def _validation(val_set: Any, ref: dict[str, Any], info: dict | None) -> dict[str, Any]:
+    """Enough to recompute the deltas elsewhere: which images (names + sha256), how they were
+    made (``info``, e.g. the synthetic generator's seed), and the fp32 numbers."""
+    from hamedge.fsutil import sha256_file
+
+    records = list(val_set.records)
+    return {"source": str(getattr(val_set, "root", "")), **(info or {}),
+            "images": [{"name": r.name, "sha256": sha256_file(r.path)} for r in records],
+            "count": ref["num_images"], "fp32": {
+                "summary": ref["summary"], "auc": ref["classification"]["auc"],
+                "box_images": (ref.get("localisation") or {}).get("box_images")}}
 
 
 def _short(r: dict[str, Any]) -> dict[str, Any]:

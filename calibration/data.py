@@ -165,13 +165,18 @@ def load_calibration_set(source: str | Path, spec: ModelSpec, channels: int,
     return CalibrationSet(np.stack(inputs), used, hashes, selection, str(source), skipped, notes)
 
 
+def synth_size(spec: ModelSpec) -> int:
+    """Side of the synthetic images made for ``spec`` (its training data's size when recorded)."""
+    return int(spec.extra.get("synth_size", max(spec.input_size, 256)))
+
+
 def synthetic_heldout(spec: ModelSpec, count: int, seed: int, out_dir: str | Path,
                       size: int | None = None) -> Path:
     """Generate ``count`` synthetic held-out images (NIH layout, boxes on the val split) for the
     default model, from a seed its training data never used. Returns the data set folder."""
     from hamedge import synth
 
-    size = size or int(spec.extra.get("synth_size", max(spec.input_size, 256)))
+    size = size or synth_size(spec)
     # nearly everything in the test split (load_dataset's default); its images with findings get
     # box annotations, so the guard can measure localisation
     synth.generate(out_dir, count, seed, size=size, val_fraction=0.0, test_fraction=0.95,

@@ -306,7 +306,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
     with BundleWriter(opts.out, force=opts.force) as writer, \
             tempfile.TemporaryDirectory(prefix="hamedge-export-") as scratch:
         if opts.int8:  # read the calibration images first: a bad folder fails before the export
-            calib_set, val_set = _int8_inputs(spec, 1 if fold else spec.in_channels, opts,
+            calib_set, val_set, val_info = _int8_inputs(spec, 1 if fold else spec.in_channels, opts,
                                               scratch, log)
         log(f"export: {ckpt.name} ({spec.arch}, stride {spec.output_stride}, {spec.input_size} px, "
             f"{spec.num_classes} classes) -> ONNX opset {opts.opset}"
@@ -332,7 +332,8 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
 
             budget = Budget(max_mean_auc_drop=opts.max_auc_drop, max_tiou_drop=opts.max_tiou_drop)
             calibration = build_int8(fp32_path, writer.tmp, spec, exported.graph, calib_set,
-                                     ckpt_sha, val_set=val_set, method=opts.method, budget=budget,
+                                     ckpt_sha, val_set=val_set, val_info=val_info,
+                                     method=opts.method, budget=budget,
                                      max_rounds=opts.max_rounds, log=log)
             writer.write_json(CALIBRATION_FILE, calibration)
         if opts.fused_plugin:
@@ -369,11 +370,12 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
 def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: str, log):
     """(calibration set, guard set or None). Synthetic held-out data goes under ``scratch``."""
     from calibration.data import (SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set,
-                                  synthetic_heldout)
+                                  synth_size, synthetic_heldout)
     from hamedge.datasets import load_dataset
     from hamedge.synth import SYNTH_CLASSES
 
     val_set = None
+    opts_info = {"split": opts.val_split}
     if opts.guard:  # the guard's images first: calibration must never see them
         if opts.val is not None:
             val_set = load_dataset(opts.val, split=opts.val_split, class_names=spec.class_names)
@@ -381,6 +383,8 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
             root = synthetic_heldout(spec, opts.val_count, SYNTH_VAL_SEED, f"{scratch}/val")
             val_set = load_dataset(root, split="test", class_names=spec.class_names)
             log(f"guard: {len(val_set)} synthetic held-out labelled images (seed {SYNTH_VAL_SEED})")
+            opts_info = {"generator": "hamedge.synth", "seed": SYNTH_VAL_SEED,
+                         "generated": opts.val_count, "size": synth_size(spec), "split": "test"}
         else:
             log("warning: no --val set for this model's classes; INT8 accuracy is not measured "
                 "(pass --val DIR)")
@@ -402,7 +406,10 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
                                          opts.calib_seed, exclude=guard_images)
     for note in calib_set.warnings:
         log(f"warning: {note}")
-    return calib_set, val_set
+    if opts.calib is None:  # the temp folder will be gone: say how to make the images again
+        calib_set.source = (f"hamedge.synth seed {SYNTH_CALIB_SEED}, {opts.calib_count} images, "
+                            f"{synth_size(spec)} px")
+    return calib_set, val_set, opts_info
 
 
 def _plugin_graph(exported: ExportedGraph, spec: ModelSpec):
