@@ -514,8 +514,11 @@ def _time(results, backend: str, precision: str, batch: int, mode: str, fn, rule
     if stages is not None:
         entry["stages_ms"] = stages.mean_ms()  # mean per call, warm-up calls included
     results["latency"].append(entry)
+    base = None if baseline else next((e for e in results["latency"] if e.get("baseline")
+                                       and e["batch"] == batch and e["mode"] == mode), None)
+    versus = f"  {stats.throughput / base['stats']['throughput']:.2f}x eager" if base else ""
     log(f"  {config_name(backend, precision):22s} b{batch:<3d} {mode:5s} median "
-        f"{stats.median_ms:9.2f} ms  {stats.throughput:8.2f} img/s  ({stats.samples} samples)")
+        f"{stats.median_ms:9.2f} ms  {stats.throughput:8.2f} img/s  ({stats.samples} samples){versus}")
 
 
 def run_accuracy(results, opts, eager, opened, labelled, spec, log) -> None:
