@@ -39,7 +39,7 @@ def bench(
     precisions: Optional[str] = typer.Option(None, help="Comma-separated: fp32,fp16,int8. "
                                              "Default: every precision each backend can run."),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
-    data: Optional[Path] = typer.Option(None, help="Labelled set (NIH layout) for accuracy. "
+    data: Optional[Path] = typer.Option(None, help="Labelled set (NIH layout, NIH CSV or CheXpert) for accuracy. "
                                         "Default: synthetic labelled X-rays."),
     split: str = typer.Option("test", help="Split of --data to evaluate (ImageSets/Main/<split>.txt)."),
     samples: Optional[Path] = typer.Option(None, help="Folder of real X-rays for the end-to-end timing "
