@@ -30,7 +30,7 @@ import numpy as np
 from hamedge.errors import DataError
 from hamedge.fsutil import write_text
 
-SYNTH_VERSION = 2  # bump whenever the same seed would draw different pixels
+SYNTH_VERSION = 3  # bump whenever the same seed would draw different pixels
 
 # The findings the generator draws, in the (fixed) order of the demo model's class list.
 SYNTH_CLASSES: tuple[str, ...] = (
@@ -188,7 +188,7 @@ def render(index: int, seed: int, size: int = 512, *, draw_findings: bool = True
 
     # Heart: patient's left = image right. Cardiomegaly widens it (cardiothoracic ratio > ~0.55).
     cardio = "Cardiomegaly" in labels
-    heart_w = S * rng.uniform(0.12, 0.14) * (rng.uniform(1.28, 1.55) if cardio else rng.uniform(0.92, 1.05))
+    heart_w = S * rng.uniform(0.12, 0.14) * (rng.uniform(1.18, 1.5) if cardio else rng.uniform(0.92, 1.1))
     heart_h = S * rng.uniform(0.085, 0.105) * (rng.uniform(1.08, 1.2) if cardio else 1.0)
     heart_c = (cx + heart_w * 0.45 + S * rng.normal(0, 0.005), (base_r + base_l) / 2 - heart_h * 0.55)
     heart = _ellipse_mask(S, heart_c, (heart_w, heart_h), rng.uniform(-25, -12))
