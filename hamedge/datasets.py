@@ -427,7 +427,8 @@ def load_dataset(root: str | os.PathLike, split: str | None = "test",
         name = chexpert.get(split or "test")
         if name is None or not (root / name).is_file():
             raise DataError(f"{root}: CheXpert folder has no CSV for split {split!r}")
-        return load_chexpert_csv(root, name, class_names=class_names, unknown=unknown)
+        boxes = next((b for b in (root / "BBoxes.json", root / "Annotations" / "BBoxes.json") if b.is_file()), None)
+        return load_chexpert_csv(root, name, boxes_json=boxes, class_names=class_names, unknown=unknown)
     raise DataError(f"{root}: no known data set layout (Annotations/Tags.json, Data_Entry_2017.csv, "
                     "or CheXpert train.csv/valid.csv)")
 

@@ -138,6 +138,9 @@ def test_chexpert_csv_uncertain_and_boxes(tmp_path, shared_data):
         assert cls in CHEXPERT_CLASSES
         for x, y, w, h in bs:
             assert w > 0 and h > 0
+    (tmp_path / "BBoxes.json").write_bytes(boxes.read_bytes())  # picked up by load_dataset
+    auto = load_dataset(tmp_path, "val")
+    assert auto[0].box_supervised and auto[0].boxes == load_chexpert_csv(tmp_path, boxes_json=boxes)[0].boxes
     with pytest.raises(DataError, match="uncertain"):
         load_chexpert_csv(tmp_path, "valid.csv", uncertain="maybe")
 
