@@ -62,21 +62,14 @@ def run_bench(args: list[str]) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def resnet50_bundle(work: Path) -> Path:
-    """A resnet50/stride-8/512 HAM with random weights (BatchNorm statistics randomised so the
-    activations are not degenerate), exported with INT8 calibrated on 16 synthetic images."""
+def random_checkpoint(spec, path: Path) -> Path:
+    """A HAM of ``spec`` with random weights (BatchNorm statistics randomised so the activations
+    are not degenerate): speed does not depend on the weights."""
     import torch
 
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.export import ExportOptions, export_bundle
     from hamedge.model.network import build_model
-    from hamedge.spec import ModelSpec
 
-    target = work / "resnet50-s8-512.hamedge"
-    if (target / "checksums").is_file():
-        return target
-    spec = ModelSpec(arch="resnet50", output_stride=8, dilation=True, keep_maxpool=True,
-                     input_size=512, description="random weights: speed reference only")
     torch.manual_seed(0)
     model = build_model(spec).eval()
     with torch.no_grad():
@@ -84,8 +77,38 @@ def resnet50_bundle(work: Path) -> Path:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    ckpt = work / "resnet50-s8-512-random.safetensors"
-    save_checkpoint(model, spec, ckpt)
+    save_checkpoint(model, spec, path)
+    return path
+
+
+def default_model(work: Path) -> tuple[list[str], str]:
+    """The packaged demo model; while it is missing (a checkout before it was trained), a
+    random-weights model of the demo's shape stands in and the report says so."""
+    from hamedge.model.checkpoint import DEFAULT_MODEL
+    from hamedge.spec import ModelSpec
+
+    if DEFAULT_MODEL.is_file():
+        return [], "default model"
+    spec = ModelSpec(arch="resnet18", output_stride=16, input_size=128,
+                     description="stand-in for the demo model: random weights")
+    ckpt = random_checkpoint(spec, work / "default-standin-r18-s16-128.safetensors")
+    print(f"note: {DEFAULT_MODEL} is missing; a random-weights resnet18/stride-16/128 stands in "
+          "(speed only: its accuracy means nothing)", flush=True)
+    return ["--model", str(ckpt)], "STAND-IN for the default model (random resnet18/stride-16/128)"
+
+
+def resnet50_bundle(work: Path) -> Path:
+    """A resnet50/stride-8/512 HAM with random weights (BatchNorm statistics randomised so the
+    activations are not degenerate), exported with INT8 calibrated on 16 synthetic images."""
+    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.spec import ModelSpec
+
+    target = work / "resnet50-s8-512.hamedge"
+    if (target / "checksums").is_file():
+        return target
+    spec = ModelSpec(arch="resnet50", output_stride=8, dilation=True, keep_maxpool=True,
+                     input_size=512, description="random weights: speed reference only")
+    ckpt = random_checkpoint(spec, work / "resnet50-s8-512-random.safetensors")
     export_bundle(ckpt, ExportOptions(out=target, force=True, int8=True, calib_count=16, guard=False))
     return target
 
@@ -141,6 +164,9 @@ def write_summary(measured: dict[str, dict], dirs: dict[str, Path], tag: str) ->
              "- 1-minute load average before / after the timings, and other processes' share of "
              "the CPU during them: "
              + ", ".join(f"{k}: {_load(v)}" for k, v in measured.items()),
+             *[f"- {k}: {v.get('model', {}).get('name')} ({v.get('model', {}).get('arch')}, stride "
+               f"{v.get('model', {}).get('output_stride')}, {v.get('model', {}).get('input_size')} px)"
+               for k, v in measured.items()],
              "- speed-up = throughput / PyTorch eager throughput (the reference's way: PIL preprocessing "
              "+ full forward with refined maps) at the same batch size, same run", "",
              "| goal | target | measured (worst batch) | per batch | verdict |",
@@ -182,7 +208,8 @@ def main() -> None:
     threads = ["--threads", str(args.threads)] if args.threads else []
     if args.only in (None, "default"):
         out = RESULTS / f"bench_default_{tag}"
-        run_bench(["--batch-sizes", "1,8", "--out", str(out), "--name", "default model", *stop, *threads])
+        model, name = default_model(args.work)
+        run_bench([*model, "--batch-sizes", "1,8", "--out", str(out), "--name", name, *stop, *threads])
         measured["default"], dirs["default"] = json.loads((out / "results.json").read_text()), out
     if args.only in (None, "resnet50"):
         bundle = resnet50_bundle(args.work)
