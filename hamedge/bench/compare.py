@@ -79,6 +79,8 @@ def compare_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "machine_a": a.get("machine", {}),
         "machine_b": b.get("machine", {}),
         "same_machine": _machine_key(a) == _machine_key(b),
+        "runs": [{k: r.get(k) for k in ("created", "commit")} | {"model": r.get("model", {}).get("name")}
+                 for r in (a, b)],
     }
 
 
@@ -99,6 +101,9 @@ def print_comparison(cmp: dict[str, Any], label_a: str, label_b: str, console=No
     from rich.table import Table
 
     console = console or Console()
+    for label, run in zip((label_a, label_b), cmp.get("runs", [])):
+        console.print(f"{label}: {run.get('model')}, {run.get('created')}, commit {run.get('commit')}",
+                      highlight=False)
     if not cmp["same_machine"]:
         ma, mb = cmp["machine_a"], cmp["machine_b"]
         console.print(f"[yellow]note:[/] the runs come from different machines "
