@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="timing per measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--extra-args", default="", help="more `hamedge export` arguments")
+    ap.add_argument("--label", default="", help="what the checkpoint is, for the report")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -100,9 +102,10 @@ def main() -> None:
     from hamedge.bundle import Bundle
     from hamedge.model.checkpoint import DEFAULT_MODEL, load_model
 
+    load_start = round(os.getloadavg()[0], 2)  # other work on the machine skews every number
     work = Path(tempfile.mkdtemp(prefix="hamedge-export-bench-"))
     ckpt = args.checkpoint
-    note = ""
+    note = args.label or (str(ckpt) if ckpt else "")
     if ckpt is None:
         if DEFAULT_MODEL.is_file():
             ckpt, note = DEFAULT_MODEL, "packaged demo model"
@@ -153,6 +156,7 @@ def main() -> None:
                  "classes": spec.num_classes},
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "torch_threads": torch.get_num_threads(),
+        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "export_int8_seconds": round(export_s, 1),
         "export_command": "hamedge export CKPT --out DIR --int8 " + args.extra_args,
         "int8_guard": {form: {k: acc[form].get(k) for k in ("mean_auc_delta", "anomaly_auc_delta",
@@ -167,7 +171,9 @@ def main() -> None:
     lines = [f"# `hamedge export --int8` on CPU ({report['date']}, commit {report['commit']})", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
              f"(AVX2 {report['machine']['avx2']}, VNNI {report['machine']['avx512_vnni']}); "
-             f"torch {torch.__version__}, onnxruntime {ort.__version__}.",
+             f"torch {torch.__version__}, onnxruntime {ort.__version__}; 1-minute load average "
+             f"{report['load_average_1m']['start']} at start, {report['load_average_1m']['end']} "
+             "at end (other work shared the 2 cores: absolute numbers are pessimistic).",
              f"Model: {spec.arch}, stride {spec.output_stride}, {spec.input_size} px ({note}).", "",
              f"Export with `--int8` (calibration + both Q/DQ forms + accuracy guard): "
              f"**{export_s:.1f} s** wall.", "",
@@ -190,6 +196,7 @@ def main() -> None:
               "", "Command: `.venv/bin/python benchmarks/export_bench.py`", ""]
     write_text(args.out / "export_cpu.md", "\n".join(lines))
     print(f"wrote {args.out / 'export_cpu.md'}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def export(
     val: Optional[Path] = typer.Option(
         None, "--val", help="Labelled held-out set for the INT8 accuracy guard; default: synthetic."),
     val_split: str = typer.Option("test", "--val-split", help="Split of --val to use."),
-    val_count: int = typer.Option(96, "--val-count", help="Images of the guard set to use."),
+    val_count: int = typer.Option(200, "--val-count", help="Images of the guard set to use."),
     int8_guard: bool = typer.Option(True, "--int8-guard/--no-int8-guard",
                                     help="Measure INT8 against fp32 and enforce the budget."),
     max_auc_drop: float = typer.Option(0.005, "--max-auc-drop", help="Budget: mean AUC drop."),

@@ -242,7 +242,7 @@ class ExportOptions:
     guard: bool = True
     val: Any = None  # labelled folder; None: synthetic held-out set
     val_split: str | None = "test"
-    val_count: int = 96
+    val_count: int = 200
     max_auc_drop: float = 0.005
     max_tiou_drop: float = 0.01
     max_rounds: int = 4
