@@ -141,3 +141,17 @@ def test_engine_request_without_tensorrt_still_writes_bundle(ckpt, tmp_path, cap
     err = capsys.readouterr().err
     assert "engine fp16: not built: TensorRT is not installed" in err
     assert Bundle.open(out).engines == []
+
+
+def test_fused_plugin_graph_is_an_extra_tensorrt_only_graph(ckpt, tmp_path):
+    pytest.importorskip("hamedge.ops.onnx_plugin")
+    import onnx
+
+    out = tmp_path / "p.hamedge"
+    assert run_app(["export", str(ckpt), "--out", str(out), "--fused-plugin"]) == 0
+    b = Bundle.open(out)
+    assert b.plugin_graph_path is not None and b.path_for("fp32").name == "model.onnx"
+    m = onnx.load(str(b.plugin_graph_path))
+    assert [n.domain for n in m.graph.node if n.op_type == "FusedRefine"] == ["hamedge"]
+    assert b.provenance["plugin_graph"]["heatmaps"] == "refined"
+    assert not any(n.op_type == "FusedRefine" for n in onnx.load(str(b.path_for("fp32"))).graph.node)

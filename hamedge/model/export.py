@@ -338,8 +338,10 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             writer.write_json(CALIBRATION_FILE, calibration)
         if opts.fused_plugin:
             plugin = _plugin_graph(exported, spec)
-            if plugin is not None:
+            if plugin is not None:  # TensorRT only; its attention_maps are refined (S x S)
                 writer.write_bytes(PLUGIN_GRAPH, plugin.SerializeToString())
+                log(f"fused plugin: {PLUGIN_GRAPH} written (hamedge::FusedRefine node; TensorRT "
+                    "with the plugin loaded only)")
             else:
                 log("fused plugin: hamedge.ops.onnx_plugin is not available; model.plugin.onnx "
                     "not written")
@@ -352,6 +354,9 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
                        "opset": opts.opset, "simplified": exported.simplified,
                        "exporter": "torch.onnx (TorchScript tracer)"},
             "parity": parity,
+            "plugin_graph": {"file": PLUGIN_GRAPH, "heatmaps": "refined",
+                             "op": "hamedge::FusedRefine"} if writer.path(PLUGIN_GRAPH).exists()
+            else None,
             "int8": None if calibration is None else {
                 "method": calibration["method"], "passed": calibration["passed"],
                 "excluded_nodes": len(calibration["excluded_nodes"])},
