@@ -254,3 +254,28 @@ def test_gpu_host_device_split_with_a_fake_tensorrt_backend():
     table = report.latency_table(r)
     assert table.columns[-2:] == ["host ms", "device ms"]
     assert runner.device_probe(type("CPU", (), {"name": "onnxruntime"})(), batch) is None
+
+
+def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_reference.py"
+    spec = importlib.util.spec_from_file_location("run_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    default = fake_results(int8_speed=4.0, int8_auc=0.70)  # 4x but outside the accuracy budget
+    for e in default["latency"]:  # slow int8 down at batch 4 only: the worst batch decides
+        if e["precision"] == "int8" and e["batch"] == 4:
+            e["stats"]["throughput"] /= 2
+    results.fill_speedups(default)
+    r50 = fake_results(int8_speed=2.0)
+    r50["accuracy"] = []
+    rows = {(r["model"], r["config"]): r for r in mod.goal_rows({"default": default, "resnet50": r50})}
+    int8 = rows["default", "onnxruntime/int8"]
+    assert int8["batches"] == {1: pytest.approx(4.0), 4: pytest.approx(2.0)}
+    assert int8["measured"] == pytest.approx(2.0) and int8["met"] is False
+    assert "missed by 1.00x" in int8["note"] and "BROKEN" in int8["note"]
+    fp32 = rows["default", "onnxruntime/fp32"]
+    assert fp32["met"] is True and fp32["measured"] == pytest.approx(2.0)
+    r50_int8 = rows["resnet50", "onnxruntime/int8"]
+    assert r50_int8["met"] is False and "accuracy not measured" in r50_int8["note"]
