@@ -189,7 +189,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     s = results.get("settings", {})
     if s:
         lines.append(f"data: {s.get('data_description', '?')}; warm-up {s.get('warmup')}, "
-                     f"stop rule: {s.get('stop_rule_text', '?')}")
+                     f"stop rule: {s.get('stop_rule_text', '?')}; threads {s.get('threads')}; "
+                     f"eager on {s.get('eager_device', '?')}, OMP_WAIT_POLICY {s.get('omp_wait_policy', '?')}")
     return lines
 
 

@@ -393,6 +393,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
     eager = EagerBaseline(bundle.weights_path, spec, threads=threads)
     log(f"baseline: PyTorch eager fp32 on {eager.device} ({threads} CPU threads)")
     results["settings"]["eager_device"] = eager.device
+    results["settings"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)")
     pairs, explicit = candidate_configs(opts)
     opened = []
     for backend, precision in pairs:
