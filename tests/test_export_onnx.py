@@ -100,3 +100,12 @@ def test_fold_refused_for_unequal_normalisation():
     spec = SPEC.replace(mean=(0.4, 0.5, 0.6))
     with pytest.raises(ExportError, match="fold"):
         fold_grayscale(HAM(spec))
+
+
+def test_parity_on_real_xrays(model, exported, nih_images):
+    from hamedge.io import read_image
+    from hamedge.preprocess import preprocess
+
+    batch = np.stack([preprocess(read_image(p), SPEC, 1) for p in nih_images])
+    report = check_parity(model, exported, batch)
+    assert report["ok"] and report["images"] == len(nih_images) == 3

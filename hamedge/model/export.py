@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hamedge.bundle import FLOAT_TAIL_PREFIX, OUTPUT_NAMES, GraphInfo
-from hamedge.errors import HamedgeError
+from hamedge.errors import DataError, HamedgeError
 from hamedge.spec import ModelSpec
 
 DEFAULT_OPSET = 17  # highest opset TensorRT 8.5 (JetPack 5) parses; fine for TRT 10/11 and ORT
@@ -379,6 +379,13 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
     from hamedge.datasets import load_dataset
     from hamedge.synth import SYNTH_CLASSES
 
+    if opts.calib is not None:  # fail fast on a bad folder, before any slow step
+        from calibration.data import MIN_IMAGES, select_images
+
+        found, _ = select_images(opts.calib, opts.calib_count, opts.calib_seed)
+        if len(found) < MIN_IMAGES:
+            raise DataError(f"calibration needs at least {MIN_IMAGES} images; {opts.calib} has "
+                            f"{len(found)}")
     val_set = None
     opts_info = {"split": opts.val_split}
     if opts.guard:  # the guard's images first: calibration must never see them
