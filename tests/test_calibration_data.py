@@ -42,7 +42,8 @@ def test_loaded_set_matches_the_inference_preprocessing(tmp_path):
     from hamedge.preprocess import preprocess
 
     root = write_pngs(tmp_path / "x", 10)
-    cs = load_calibration_set(root, SPEC, channels=1, count=10)
+    with pytest.warns(CalibrationWarning, match="only 10 calibration images"):
+        cs = load_calibration_set(root, SPEC, channels=1, count=10)
     assert cs.inputs.shape == (10, 1, 64, 64) and cs.inputs.dtype == np.float32
     first = cs.paths[0]
     assert np.array_equal(cs.inputs[0], preprocess(read_image(first), SPEC, 1))
@@ -85,3 +86,18 @@ def test_unreadable_files_are_skipped_then_too_few_is_an_error(tmp_path):
     (root / "img_000.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="at least"):
         load_calibration_set(root, SPEC, channels=1, count=MIN_IMAGES + 1)
+
+
+def test_calibration_bundle_and_trt_modules_never_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import calibration, calibration.data, calibration.quantize, calibration.guard\n"
+            "import hamedge.bundle, hamedge.trt, hamedge.trt.build, hamedge.trt.naming\n"
+            "import hamedge.cli.export_cmds\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
