@@ -47,7 +47,8 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
     ranges_path = out_dir / ".calibration.ranges.json"
     refined = graph.heatmaps == "refined"
     try:
-        ranges_sha = calibrate(fp32_path, calib.batches(8), ranges_path, method=method)
+        # small batches: the calibrator holds every activation of a batch (see quantize._reader)
+        ranges_sha = calibrate(fp32_path, calib.batches(2), ranges_path, method=method)
         fp32_model = onnx.load(str(fp32_path))
         candidates = quantizable_nodes(fp32_model)
         ref = ref_maps = None
