@@ -54,16 +54,22 @@ def test_every_cpu_configuration_is_timed_against_eager(latency_run):
     configs = {(e["backend"], e["precision"]) for e in res["latency"]}
     assert {("torch-eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
             ("torch", "fp32")} <= configs
-    assert len(res["latency"]) == len(configs) * 2 * 2  # x batch sizes x modes
+    # x batch sizes x modes (model, e2e), plus the pipelined "infer" mode for the deployed backends
+    assert len(res["latency"]) == len(configs) * 2 * 2 + (len(configs) - 1) * 2
     for e in res["latency"]:
         s = e["stats"]
-        assert s["samples"] == 4 and len(s["raw_ms"]) == 4
+        n = 3 if e["mode"] == "infer" else 4  # whole pipeline runs: at most 3 samples
+        per_call = e.get("files_per_call", e["batch"])
+        assert s["samples"] == n and len(s["raw_ms"]) == n
         assert 0 < s["min_ms"] <= s["median_ms"] <= s["p99_ms"] <= s["max_ms"]
-        assert s["throughput"] == pytest.approx(e["batch"] * 4 / (sum(s["raw_ms"]) / 1e3), rel=1e-3)
+        assert s["throughput"] == pytest.approx(per_call * n / (sum(s["raw_ms"]) / 1e3), rel=1e-3)
+        base_mode = "e2e" if e["mode"] == "infer" else e["mode"]
         assert e["speedup"] == pytest.approx(
             s["throughput"] / next(b["stats"]["throughput"] for b in res["latency"] if b["baseline"]
-                                   and b["batch"] == e["batch"] and b["mode"] == e["mode"]))
+                                   and b["batch"] == e["batch"] and b["mode"] == base_mode))
         assert (e["baseline"]) == (e["backend"] == "torch-eager")
+    infer = [e for e in res["latency"] if e["mode"] == "infer"]
+    assert {e["files_per_call"] for e in infer} == {16}
     notes = " ".join(res["notes"])
     assert "tensorrt" in notes  # not run here, and the report says so
     # fp16 on a CPU is refused by the backends, so it is listed as not run

@@ -9,6 +9,10 @@ from typing import Any
 from hamedge.fsutil import write_bytes
 
 
+MODE_TITLES = {"model": "model only", "e2e": "end-to-end: file to heatmap",
+               "infer": "hamedge infer pipeline (overlapped)"}
+
+
 def _plt():
     import matplotlib
 
@@ -33,14 +37,15 @@ def _name(e: dict[str, Any]) -> str:
 def latency_distribution(results: dict[str, Any], path: Path) -> Path:
     """Box plots of per-call latency (ms per image) for every configuration and batch, per mode."""
     plt = _plt()
-    modes = [m for m in ("model", "e2e") if any(e["mode"] == m for e in results["latency"])]
+    modes = [m for m in ("model", "e2e", "infer") if any(e["mode"] == m for e in results["latency"])]
     fig, axes = plt.subplots(len(modes), 1, figsize=(9, 2.2 + 0.45 * len(results["latency"])),
                              squeeze=False)
     for ax, mode in zip(axes[:, 0], modes):
         entries = sorted((e for e in results["latency"] if e["mode"] == mode),
                          key=lambda e: (e["batch"], _name(e)))
-        data = [[v / e["batch"] for v in e["stats"]["raw_ms"]] or [e["stats"]["mean_ms"] / e["batch"]]
-                for e in entries]
+        per = [e.get("files_per_call", e["batch"]) for e in entries]  # images in one call
+        data = [[v / n for v in e["stats"]["raw_ms"]] or [e["stats"]["mean_ms"] / n]
+                for e, n in zip(entries, per)]
         labels = [f"{_name(e)} b{e['batch']}" for e in entries]
         style = {"whis": (1, 99), "showfliers": True, "flierprops": {"markersize": 2}}
         try:
@@ -50,7 +55,7 @@ def latency_distribution(results: dict[str, Any], path: Path) -> Path:
         ax.set_yticks(range(1, len(labels) + 1), labels)
         ax.set_xscale("log")
         ax.set_xlabel("ms per image (per call / batch); whiskers p1-p99")
-        ax.set_title({"model": "model only", "e2e": "end-to-end: file to heatmap"}[mode])
+        ax.set_title(MODE_TITLES[mode])
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -58,7 +63,7 @@ def latency_distribution(results: dict[str, Any], path: Path) -> Path:
 
 def throughput_vs_batch(results: dict[str, Any], path: Path) -> Path:
     plt = _plt()
-    modes = [m for m in ("model", "e2e") if any(e["mode"] == m for e in results["latency"])]
+    modes = [m for m in ("model", "e2e", "infer") if any(e["mode"] == m for e in results["latency"])]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         by_config: dict[str, list[tuple[int, float]]] = {}
@@ -75,7 +80,7 @@ def throughput_vs_batch(results: dict[str, Any], path: Path) -> Path:
         ax.minorticks_off()
         ax.set_xlabel("batch size")
         ax.set_ylabel("images / s")
-        ax.set_title({"model": "model only", "e2e": "end-to-end"}[mode])
+        ax.set_title(MODE_TITLES[mode])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

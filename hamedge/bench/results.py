@@ -3,8 +3,9 @@
 Layout (format "hamedge-bench/1"):
   created, commit, machine {platform, cpu, cores, gpu, ...}, versions {python, numpy, ...},
   model {bundle, arch, output_stride, input_size, ...}, settings {...}, budget {...},
-  latency: [{backend, precision, batch, mode ("model" | "e2e"), baseline, stats {LatencyStats},
-             speedup (vs the eager baseline at the same batch and mode), size_bytes}],
+  latency: [{backend, precision, batch, mode ("model" | "e2e" | "infer"), baseline,
+             stats {LatencyStats}, speedup (vs the eager baseline at the same batch and mode;
+             "infer", the pipelined path, vs eager "e2e"), size_bytes}],
   accuracy: [{backend, precision, reference, mean_auc, class_auc {name: auc}, anomaly_auc,
               tiou {t: value}, tior {t: value}, agreement {...}, delta {...}, within_budget,
               budget_failures [...]}],
@@ -153,7 +154,9 @@ def baseline_entry(results: dict[str, Any], batch: int, mode: str) -> dict[str, 
 def fill_speedups(results: dict[str, Any]) -> None:
     """Speed-up = configuration throughput / eager baseline throughput at the same batch and mode."""
     for entry in results["latency"]:
-        base = baseline_entry(results, entry["batch"], entry["mode"])
+        # the pipelined "infer" mode is compared with the reference's end-to-end loop
+        mode = "e2e" if entry["mode"] == "infer" else entry["mode"]
+        base = baseline_entry(results, entry["batch"], mode)
         if base is None:
             entry["speedup"] = None
         else:

@@ -428,6 +428,8 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
             _time(results, backend.name, backend.precision, batch_size, "e2e",
                   lambda: end_to_end(backend, chunk, spec, stages), rule, graph_size(bundle, backend),
                   log, stages=stages)
+        for backend in opened:
+            _time_infer(results, backend, files, batch_size, rule, graph_size(bundle, backend), out, log)
     fill_speedups(results)
     check_load(results, load_start, cpu_start)
 
@@ -485,6 +487,45 @@ def check_load(results: dict[str, Any], load_start: float | None, cpu_start) -> 
             f"the machine was busy during the timings: other processes used {100 * share:.0f}% of "
             f"its CPU time, so these latencies are pessimistic and the speed-ups unreliable "
             f"(PyTorch suffers most); re-run on an idle machine")
+
+
+def _time_infer(results, backend, files: list[Path], batch: int, rule: lat.StopRule, size,
+                out: Path, log) -> None:
+    """Mode "infer": throughput of `hamedge infer`'s pipelined path (hamedge.pipeline: reader
+    threads decode and preprocess while the backend runs; predictions with boxes, heatmaps
+    refined for the positive findings; no files written) over max(4 x batch, 16) files. One
+    sample = one whole run, so a few runs suffice (the figure is a throughput)."""
+    import shutil
+    import tempfile
+
+    from hamedge.pipeline.run import InferOptions, run_inference
+
+    count = max(4 * batch, 16)
+    folder = Path(tempfile.mkdtemp(prefix=".bench-infer-", dir=out))
+    try:
+        for i, f in enumerate(cycle(files, count)):  # distinct names: the pipeline skips duplicates
+            (folder / f"{i:04d}{Path(f).suffix}").symlink_to(Path(f).resolve())
+        options = InferOptions(batch=batch, workers=2, heatmaps="none")
+        infer_rule = lat.StopRule(iterations=min(rule.iterations or 3, 3), warmup=min(rule.warmup, 1))
+
+        def run() -> None:
+            summary = run_inference([folder], backend, None, options)
+            if summary.ok != count:
+                raise HamedgeError(f"bench infer run: {summary.failed} of {count} files failed")
+
+        time.sleep(COOLDOWN_S)
+        stats = lat.measure(run, count, infer_rule)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    results["latency"].append({"backend": backend.name, "precision": backend.precision,
+                               "batch": batch, "mode": "infer", "baseline": False,
+                               "stats": stats.to_dict(), "size_bytes": size, "files_per_call": count})
+    base = next((e for e in results["latency"] if e.get("baseline") and e["batch"] == batch
+                 and e["mode"] == "e2e"), None)
+    versus = f"  {stats.throughput / base['stats']['throughput']:.2f}x eager e2e" if base else ""
+    log(f"  {config_name(backend.name, backend.precision):22s} b{batch:<3d} infer "
+        f"{stats.ms_per_image:9.2f} ms/img {stats.throughput:8.2f} img/s  ({count} files x "
+        f"{stats.samples}){versus}")
 
 
 def _ref_pre(path: Path, spec) -> np.ndarray:
