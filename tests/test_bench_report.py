@@ -270,12 +270,16 @@ def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
     results.fill_speedups(default)
     r50 = fake_results(int8_speed=2.0)
     r50["accuracy"] = []
-    rows = {(r["model"], r["config"]): r for r in mod.goal_rows({"default": default, "resnet50": r50})}
-    int8 = rows["default", "onnxruntime/int8"]
+    rows = {(r["model"], r["config"], r["mode"]): r
+            for r in mod.goal_rows({"default": default, "resnet50": r50})}
+    int8 = rows["default", "onnxruntime/int8", "e2e"]
     assert int8["batches"] == {1: pytest.approx(4.0), 4: pytest.approx(2.0)}
     assert int8["measured"] == pytest.approx(2.0) and int8["met"] is False
     assert "missed by 1.00x" in int8["note"] and "BROKEN" in int8["note"]
-    fp32 = rows["default", "onnxruntime/fp32"]
+    fp32 = rows["default", "onnxruntime/fp32", "e2e"]
     assert fp32["met"] is True and fp32["measured"] == pytest.approx(2.0)
-    r50_int8 = rows["resnet50", "onnxruntime/int8"]
+    r50_int8 = rows["resnet50", "onnxruntime/int8", "e2e"]
     assert r50_int8["met"] is False and "accuracy not measured" in r50_int8["note"]
+    # a mode that was not measured is said, not judged
+    assert rows["default", "onnxruntime/int8", "infer"]["met"] is None
+    assert "not run in mode infer" in rows["default", "onnxruntime/int8", "infer"]["note"]
