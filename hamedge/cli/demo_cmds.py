@@ -28,7 +28,7 @@ def _run(args: list[str]) -> None:
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("hamedge-demo"), "--out", "-o", help="Folder for everything the demo writes."),
-    count: int = typer.Option(200, min=20, help="Synthetic X-rays to generate."),
+    count: int = typer.Option(400, min=20, help="Synthetic X-rays to generate (15% form the test split)."),
     seed: int = typer.Option(7, help="Seed of the synthetic X-rays (the demo model was trained on others)."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Also calibrate and check an INT8 graph."),
     samples: Path | None = typer.Option(None, help="Also run inference on this folder of real X-rays."),
