@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from hamedge.cli.app import app
+from hamedge.errors import HamedgeError
 
 DEFAULT_OUT = "hamedge-out"
 
@@ -74,6 +75,9 @@ def infer(
     if out is None and not json_out:
         out = Path(DEFAULT_OUT)
     console = Console(stderr=True)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # before resolve_bundle, which may export the demo model first
+        raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
     with open_backend(bundle, backend, precision, device) as runner:
         on_record = None
