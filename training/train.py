@@ -242,6 +242,7 @@ def train(config: TrainConfig, console=None) -> Path:
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Where a Ctrl-C resumes: the first batch not yet applied, with the RNG state it started from.
     batch_rng, next_batch = None, start_batch
+    epoch_finished = False  # set while the end-of-epoch state is being saved
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             seed = _epoch_seed(config.seed, epoch)
@@ -313,27 +314,36 @@ def train(config: TrainConfig, console=None) -> Path:
                                 "auc": result["classification"]["auc"],
                                 "seconds": round(time.perf_counter() - t1, 2)}
                 improved = score > best_score
-                if improved:
-                    best_score = score
                 console.print(f"epoch {epoch}: val mean AUC {_f(result['summary']['mean_auc'])}"
                               f", anomaly AUC {_f(result['summary']['anomaly_auc'])}"
                               f", mean T(IoU@0.3) {_f(result['summary']['mean_tiou@0.3'])}"
                               f", score {score:.4f}{' (best)' if improved else ''}",
                               highlight=False)
-            scheduler.step()  # after validation: a Ctrl-C during validation resumes cleanly
-            save_state(epoch + 1, 0)
+            # best.safetensors is written before best_score moves, and the scheduler steps only
+            # once the epoch's other writes are done: an interrupt anywhere in this tail resumes
+            # without losing the best checkpoint or stepping the learning rate twice.
             if improved or val_set is None:
-                save_checkpoint(model, spec, best_w, metadata={"epoch": str(epoch),
-                                                               "val_score": str(best_score)})
+                save_checkpoint(model, spec, best_w, metadata={
+                    "epoch": str(epoch), "val_score": str(score if improved else best_score)})
+            if improved:
+                best_score = score
             _append_history(history, entry)
+            scheduler.step()  # after validation: a Ctrl-C during validation resumes cleanly
+            epoch_finished = True
+            save_state(epoch + 1, 0)
+            epoch_finished = False
             start_batch = 0
     except KeyboardInterrupt:
         # Keep everything done so far: the current epoch resumes at the batch that was next.
-        if batch_rng is not None:  # mid-batch: roll the BatchNorm statistics back
-            with torch.no_grad():
-                for name, buf in model.named_buffers():
-                    buf.copy_(buffers[name])
-        save_state(epoch, next_batch, batch_rng)
+        if epoch_finished:  # interrupted while saving the end of an epoch: the next one starts
+            save_state(epoch + 1, 0)
+            epoch, next_batch = epoch + 1, 0
+        else:
+            if batch_rng is not None:  # mid-batch: roll the BatchNorm statistics back
+                with torch.no_grad():
+                    for name, buf in model.named_buffers():
+                        buf.copy_(buffers[name])
+            save_state(epoch, next_batch, batch_rng)
         console.print(f"[yellow]interrupted: resumable state saved to {out} "
                       f"(epoch {epoch}, batch {next_batch}); rerun with --resume")
         raise
