@@ -166,6 +166,8 @@ class ModelSpec:
             raise SpecError("a model spec must be a JSON object")
         data = dict(data)
         version = data.pop("format_version", SPEC_FORMAT_VERSION)
+        if not isinstance(version, int):
+            raise SpecError(f"spec format_version must be an integer, not {version!r}")
         if version > SPEC_FORMAT_VERSION:
             raise SpecError(f"spec format {version} is newer than this hamedge understands "
                             f"({SPEC_FORMAT_VERSION}); upgrade hamedge")
@@ -173,12 +175,14 @@ class ModelSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"unknown spec field(s): {', '.join(unknown)}")
-        for key in ("class_names", "mean", "std", "class_thresholds"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
         try:
+            for key in ("class_names", "mean", "std", "class_thresholds"):
+                if data.get(key) is not None:
+                    if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
+                        raise TypeError(f"{key} must be a list")
+                    data[key] = tuple(data[key])
             return cls(**data)
-        except TypeError as exc:  # wrong value types
+        except (TypeError, ValueError) as exc:  # wrong value types
             raise SpecError(f"invalid model spec: {exc}") from None
 
     @classmethod

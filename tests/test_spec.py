@@ -81,3 +81,10 @@ def test_binary_level_matches_sigmoid_threshold():
 def test_grayscale_foldable_only_with_equal_channel_normalisation():
     assert ModelSpec().grayscale_foldable
     assert not ModelSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)).grayscale_foldable
+
+
+@pytest.mark.parametrize("changes", [{"mean": 5}, {"format_version": "x"}, {"class_names": "AB"},
+                                     {"input_size": "big"}])
+def test_malformed_values_are_spec_errors_not_tracebacks(changes):
+    with pytest.raises(SpecError):
+        ModelSpec.from_dict({**ModelSpec().to_dict(), **changes})
