@@ -45,8 +45,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
+    """UTF-8 whatever the locale; surrogate-escaped file names (non-UTF-8 bytes) round-trip."""
+    write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -26,3 +26,10 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
     assert len(sha256_file(target)) == 64
+
+
+def test_write_text_is_utf8_and_keeps_surrogate_escaped_names(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # a non-UTF-8 file name as Python sees it
+    target = tmp_path / "rows.csv"
+    write_text(target, f"{name},é\n")
+    assert target.read_bytes() == b"caf\xe9.png,\xc3\xa9\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -30,6 +31,13 @@ def run_app(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+        if os.environ.get("HAMEDGE_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {first} (set HAMEDGE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 2
     return 0
 
 
