@@ -106,7 +106,10 @@ def _read_png16(path: Path) -> np.ndarray:
     # Pillow truncates 16-bit colour PNGs to 8 bits; OpenCV keeps all 16.
     import cv2
 
-    data = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        data = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header beyond CV_IO_MAX_IMAGE_PIXELS, or a corrupt stream
+        raise DataError(f"{path}: cannot decode 16-bit PNG ({_one_line(exc)})") from None
     if data is None:
         raise DataError(f"{path}: cannot decode 16-bit PNG (corrupt or truncated)")
     data = data.astype(np.float32) / np.float32(65535.0)
@@ -191,8 +194,19 @@ def _read_dicom(path: Path) -> np.ndarray:
     if pixels.ndim != 2:
         raise DataError(f"{path}: expected a 2-D image, DICOM pixel shape is {pixels.shape}")
 
-    has_rescale = ("RescaleSlope" in ds and float(ds.RescaleSlope) != 1.0) or \
-                  ("RescaleIntercept" in ds and float(ds.RescaleIntercept) != 0.0) or "ModalityLUTSequence" in ds
+    # Present-but-empty elements count as absent: slope 1, intercept 0, no window.
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds and _is_empty(ds[keyword].value):
+            del ds[keyword]
+    if any(k in ds and _is_empty(ds[k].value) for k in ("WindowCenter", "WindowWidth")):
+        for keyword in ("WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                del ds[keyword]
+    try:
+        has_rescale = ("RescaleSlope" in ds and float(ds.RescaleSlope) != 1.0) or \
+                      ("RescaleIntercept" in ds and float(ds.RescaleIntercept) != 0.0) or "ModalityLUTSequence" in ds
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: invalid DICOM rescale slope/intercept ({_one_line(exc)})") from None
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     if pixels.dtype == np.uint8 and photometric == "MONOCHROME2" and not has_rescale and not has_voi:
         return np.ascontiguousarray(pixels)
@@ -214,11 +228,22 @@ def _read_dicom(path: Path) -> np.ndarray:
                 (data >= center).astype(np.float64)
         else:
             out = _minmax(data).astype(np.float64)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+    except Exception as exc:  # any malformed LUT/window/rescale value: one-line DataError
         raise DataError(f"{path}: invalid DICOM LUT or window ({_one_line(exc)})") from None
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _is_empty(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes)):
+        return not value.strip()
+    try:
+        return len(value) == 0
+    except TypeError:
+        return False
 
 
 def _first(value) -> float:

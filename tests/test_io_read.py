@@ -188,3 +188,30 @@ def test_dicom_rle_compressed_round_trip(tmp_path):
         pytest.skip(f"RLE encoder unavailable: {exc}")
     ds.save_as(tmp_path / "rle.dcm")
     assert np.allclose(read_image(tmp_path / "rle.dcm"), RAMP12 / 4095.0)
+
+
+def test_png16_huge_header_raises_one_line_data_error(tmp_path):
+    import struct
+    import zlib
+    ok, buf = cv2.imencode(".png", np.zeros((4, 4), np.uint16))
+    data = bytearray(buf.tobytes())
+    assert ok and data[24] == 16
+    data[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width/height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path = tmp_path / "huge16.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("empty", [None, ""])
+def test_dicom_empty_rescale_and_window(tmp_path, empty):
+    path = write_dicom(tmp_path / "r.dcm", RAMP12, RescaleSlope=empty, RescaleIntercept=empty)
+    out = read_image(path)
+    assert out.ndim == 2 and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1 and np.allclose(out, RAMP12 / 4095.0, atol=1e-6)
+    path = write_dicom(tmp_path / "w.dcm", RAMP12, WindowCenter=empty, WindowWidth=empty)
+    out = read_image(path)
+    assert out.ndim == 2 and out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.allclose(out, RAMP12 / 4095.0, atol=1e-6)
