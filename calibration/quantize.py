@@ -117,8 +117,11 @@ def calibrate(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], range
     if ranges_path.exists():
         ranges_path.unlink()  # never reuse ranges silently
     act, weight, extra = _options("tensorrt")
-    # CalibStridedMinMax (despite its name: any method) collects one reader item at a time
-    extra = dict(extra, CalibPercentile=percentile, CalibStridedMinMax=1)
+    # CalibStridedMinMax (despite its name: any method) collects one reader item at a time.
+    # Asymmetric ranges for every method (ORT's percentile calibrator defaults to symmetric):
+    # the CPU form uses them as they are, the TensorRT form symmetrises them when it quantises.
+    extra = dict(extra, CalibPercentile=percentile, CalibStridedMinMax=1,
+                 CalibTensorRangeSymmetric=False)
     with tempfile.TemporaryDirectory(prefix="hamedge-calib-") as tmp, _quiet():
         # quantize_static computes the ranges, writes the cache, and a throwaway graph
         quantize_static(str(fp32_path), str(Path(tmp) / "throwaway.onnx"),
