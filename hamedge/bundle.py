@@ -295,10 +295,16 @@ class Bundle:
         if len(name.parts) != 1 or not record.plan.endswith(".plan"):
             raise BundleError(f"engine plan name must be a bare '*.plan' file name: {record.plan!r}")
         plan_path = self.root / ENGINES_DIR / record.plan
-        json_rel = f"{ENGINES_DIR}/{name.stem}.json"
+        plan_rel, json_rel = f"{ENGINES_DIR}/{record.plan}", f"{ENGINES_DIR}/{name.stem}.json"
+        if plan_rel in self.files or json_rel in self.files:
+            # A rebuild replaces files the checksums vouch for: drop them from the checksums
+            # first, so a kill between the writes leaves a bundle that still opens (without it).
+            self.files.pop(plan_rel, None)
+            self.files.pop(json_rel, None)
+            write_text(self.root / CHECKSUMS_FILE, format_checksums(self.files))
         write_bytes(plan_path, plan)
         write_text(self.root / json_rel, json.dumps(record.to_dict(), indent=2, sort_keys=True))
-        self.files[f"{ENGINES_DIR}/{record.plan}"] = sha256_file(plan_path)
+        self.files[plan_rel] = sha256_file(plan_path)
         self.files[json_rel] = sha256_file(self.root / json_rel)
         write_text(self.root / CHECKSUMS_FILE, format_checksums(self.files))
         return plan_path

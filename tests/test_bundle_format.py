@@ -148,3 +148,26 @@ def test_stale_calibration_is_refused(tmp_path):
     with pytest.raises(BundleError, match="stale calibration"):
         make_bundle(tmp_path / "b", calib_key="cd" * 32)
     assert list(tmp_path.iterdir()) == []  # refused before the rename: nothing left behind
+
+
+def test_rebuilding_an_engine_never_leaves_an_unopenable_bundle(tmp_path, monkeypatch):
+    import hamedge.bundle as bundle_mod
+
+    b = make_bundle(tmp_path / "b")
+    rec = EngineRecord(plan="nvidia-orin_trt10.3.0_fp16_b1-4-8.plan", gpu_name="Orin",
+                       compute_capability="8.7", trt_version="10.3.0", precision="fp16",
+                       min_batch=1, opt_batch=4, max_batch=8, onnx_file="model.onnx",
+                       onnx_sha256=b.files["model.onnx"])
+    b.add_engine(b"PLAN", rec)
+
+    def killed(*args, **kwargs):  # the process dies while writing the new plan
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_mod, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Bundle.open(tmp_path / "b").add_engine(b"PLAN2", rec)
+    monkeypatch.undo()
+    survivor = Bundle.open(tmp_path / "b")  # opens: the old engine is simply no longer listed
+    assert survivor.engines == []
+    survivor.add_engine(b"PLAN2", rec)
+    assert Bundle.open(tmp_path / "b").engine_path(rec).read_bytes() == b"PLAN2"
