@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from hamedge.errors import DataError, HamedgeError
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
+from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
 from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, ResultsStore
 
@@ -137,7 +138,21 @@ def _relative_stems(files: list[Path]) -> dict[str, str]:
     if not keys:
         return {}
     common = os.path.commonpath([os.path.dirname(k) for k in keys])
-    return {k: os.path.relpath(k, common) for k in keys}
+    rels = {k: os.path.relpath(k, common) for k in sorted(keys)}
+    # strip only a suffix hamedge reads (not the tail of a DICOM UID such as 1.2.840...321)
+    stems = {}
+    for k, rel in rels.items():
+        root, ext = os.path.splitext(rel)
+        stems[k] = root if ext.lower() in SUFFIXES else rel
+    # names still shared (a.png + a.bmp, a.png + a): those files keep their full relative name;
+    # full names are unique, so repeating until nothing collides ends, the same way each run
+    while True:
+        counts = Counter(stems.values())
+        clash = [k for k, stem in stems.items() if counts[stem] > 1 and stem != rels[k]]
+        if not clash:
+            return stems
+        for k in clash:
+            stems[k] = rels[k]
 
 
 def model_id(bundle) -> str:
@@ -341,7 +356,7 @@ class _Writer(threading.Thread):
 
     def _write_heatmaps(self, item, pred) -> dict[str, str]:
         names = pred.map_names if self.options.all_heatmaps else pred.positive
-        stem = os.path.splitext(self.stems[item.key])[0]
+        stem = self.stems[item.key]
         written = {}
         for name in names:
             target = self.store.heatmap_dir / stem / name

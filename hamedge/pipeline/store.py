@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hamedge.errors import HamedgeError
-from hamedge.fsutil import write_text
+from hamedge.fsutil import write_bytes
 
 RESULTS_FORMAT = "hamedge-results/1"
 CSV_NAME = "results.csv"
@@ -32,6 +32,10 @@ HEATMAP_DIR = "heatmaps"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+
+# file names that are not valid UTF-8 (os.fsdecode gives them surrogate escapes) round-trip
+# through the results files as their original bytes instead of failing the run
+_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 def csv_columns(class_names) -> list[str]:
@@ -78,8 +82,8 @@ class ResultsStore:
         self._check_manifest()
         self.done: dict[str, str] = {}  # key -> status of rows already stored
         self._load()
-        self._csv = open(self.csv_path, "a", newline="", encoding="utf-8")
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        self._csv = open(self.csv_path, "a", newline="", **_TEXT)
+        self._jsonl = open(self.jsonl_path, "a", **_TEXT)
 
     # -- start-up ------------------------------------------------------------------------------
     def _clear(self) -> None:
@@ -91,7 +95,7 @@ class ResultsStore:
     def _check_manifest(self) -> None:
         if self.manifest_path.is_file():
             try:
-                old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+                old = json.loads(self.manifest_path.read_text(**_TEXT))
             except (OSError, json.JSONDecodeError):
                 old = {}
             for key in ("format", "model_id", "classes", "precision"):
@@ -104,12 +108,13 @@ class ResultsStore:
             raise HamedgeError(f"{self.dir} has results but no {MANIFEST_NAME}; "
                                "use --overwrite or another --out")
         else:
-            write_text(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+            write_bytes(self.manifest_path, (json.dumps(self.manifest, indent=2, sort_keys=True)
+                                             + "\n").encode(**_TEXT))
 
     def _read_csv(self) -> list[dict[str, str]]:
         if not self.csv_path.is_file() or self.csv_path.stat().st_size == 0:
             return []
-        with open(self.csv_path, newline="", encoding="utf-8") as handle:
+        with open(self.csv_path, newline="", **_TEXT) as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames != self.columns:
                 raise HamedgeError(f"{self.csv_path} has other columns than this model's; "
@@ -120,7 +125,7 @@ class ResultsStore:
         if not self.jsonl_path.is_file():
             return []
         rows = []
-        with open(self.jsonl_path, encoding="utf-8") as handle:
+        with open(self.jsonl_path, **_TEXT) as handle:
             for line in handle:
                 try:
                     row = json.loads(line)
@@ -168,8 +173,9 @@ class ResultsStore:
         writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(csv_rows)
-        write_text(self.csv_path, buffer.getvalue())
-        write_text(self.jsonl_path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in json_rows))
+        write_bytes(self.csv_path, buffer.getvalue().encode(**_TEXT))
+        write_bytes(self.jsonl_path, "".join(json.dumps(r, sort_keys=False) + "\n"
+                                             for r in json_rows).encode(**_TEXT))
 
     # -- appending -----------------------------------------------------------------------------
     def csv_row(self, record: dict[str, Any]) -> dict[str, Any]:
