@@ -42,15 +42,17 @@ def ort_session(path: str | os.PathLike, threads: int = 0):
 def evaluate_graph(path: str | os.PathLike, labelled_set: Any, spec: ModelSpec, channels: int,
                    heatmaps_refined: bool = False, batch_size: int = 16,
                    limit: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """run_evaluation of one ONNX graph; also returns every attention map it produced, in order."""
-    from hamedge.evaluation import run_evaluation
+    """run_evaluation of one ONNX graph; also returns the attention maps it produced, in order:
+    raw low-resolution maps as they are (small), full-resolution refined maps binarised (a
+    quarter of their float memory: 200 images of 15 maps at 512 px would hold 3 GB)."""
+    from hamedge.evaluation import binarise, run_evaluation
 
     sess = ort_session(path)
     maps: list[np.ndarray] = []
 
     def predict(batch: np.ndarray):
         cls, ano, att = sess.run(list(OUTPUT_NAMES), {"image": batch})
-        maps.append(att)
+        maps.append(binarise(att, spec, True) if heatmaps_refined else att)
         return cls, ano, att
 
     result = run_evaluation(predict, labelled_set, spec, batch_size=batch_size, limit=limit,
@@ -60,13 +62,17 @@ def evaluate_graph(path: str | os.PathLike, labelled_set: Any, spec: ModelSpec, 
 
 def heatmap_agreement(ref_maps: np.ndarray, maps: np.ndarray, spec: ModelSpec,
                       heatmaps_refined: bool = False, chunk: int = 16) -> dict[str, Any]:
-    """Mean and minimum IoU between binarised fp32 and INT8 maps (same images, same order)."""
+    """Mean and minimum IoU between binarised fp32 and INT8 maps (same images, same order).
+    Either argument may already be binarised (boolean, as evaluate_graph returns it)."""
     from hamedge.evaluation import binarise
+
+    def binary(x: np.ndarray) -> np.ndarray:
+        return x if x.dtype == bool else binarise(x, spec, heatmaps_refined)
 
     ious = []
     for start in range(0, ref_maps.shape[0], chunk):
-        a = binarise(ref_maps[start:start + chunk], spec, heatmaps_refined)
-        b = binarise(maps[start:start + chunk], spec, heatmaps_refined)
+        a = binary(ref_maps[start:start + chunk])
+        b = binary(maps[start:start + chunk])
         a = a.reshape(a.shape[0] * a.shape[1], -1)
         b = b.reshape(b.shape[0] * b.shape[1], -1)
         inter = (a & b).sum(axis=1)

@@ -74,3 +74,13 @@ def test_fallback_rounds_then_refusal(tmp_path):
     with pytest.raises(Int8BudgetError, match="outside the accuracy budget"):
         build_int8(fp32, tmp_path, spec, exported.graph, calib, "ab" * 32, val_set=val,
                    budget=impossible, max_rounds=0, log=logs.append, forms=("cpu",))
+
+
+def test_heatmap_agreement_accepts_binarised_maps():
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 1 + len(SPEC.class_names), 4, 4)).astype(np.float32)
+    from hamedge.evaluation import binarise
+
+    masks = binarise(maps, SPEC)
+    assert masks.dtype == bool
+    assert heatmap_agreement(masks, maps, SPEC) == heatmap_agreement(maps, maps, SPEC)
