@@ -190,3 +190,12 @@ def test_non_utf8_file_name_is_stored_and_resumed(tiny_bundle, tmp_path):
     assert run_app(args) == 0
     after = ((out / "results.csv").read_bytes(), (out / "results.jsonl").read_bytes())
     assert after == before
+
+
+def test_a_second_concurrent_run_into_the_same_folder_is_refused(tmp_path):
+    with ResultsStore(tmp_path, MANIFEST, CLASSES):
+        with pytest.raises(HamedgeError, match="another hamedge infer"):
+            ResultsStore(tmp_path, MANIFEST, CLASSES)
+    # Released on close (and by the OS when a process dies): the next run proceeds.
+    with ResultsStore(tmp_path, MANIFEST, CLASSES) as store:
+        assert store.done == {}

@@ -28,6 +28,7 @@ RESULTS_FORMAT = "hamedge-results/1"
 CSV_NAME = "results.csv"
 JSONL_NAME = "results.jsonl"
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
 HEATMAP_DIR = "heatmaps"
 
 STATUS_OK = "ok"
@@ -75,17 +76,38 @@ class ResultsStore:
         self.heatmap_dir = self.dir / HEATMAP_DIR
         if self.dir.exists() and not self.dir.is_dir():
             raise HamedgeError(f"--out {self.dir} exists and is not a folder")
-        if overwrite:
-            self._clear()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = dict(manifest, format=RESULTS_FORMAT)
-        self._check_manifest()
-        self.done: dict[str, str] = {}  # key -> status of rows already stored
-        self._load()
-        self._csv = open(self.csv_path, "a", newline="", **_TEXT)
-        self._jsonl = open(self.jsonl_path, "a", **_TEXT)
+        self._lock = self._take_lock()
+        try:
+            if overwrite:
+                self._clear()
+            self.manifest = dict(manifest, format=RESULTS_FORMAT)
+            self._check_manifest()
+            self.done: dict[str, str] = {}  # key -> status of rows already stored
+            self._load()
+            self._csv = open(self.csv_path, "a", newline="", **_TEXT)
+            self._jsonl = open(self.jsonl_path, "a", **_TEXT)
+        except BaseException:
+            self._lock.close()  # a refused start must not keep the folder locked
+            raise
 
     # -- start-up ------------------------------------------------------------------------------
+    def _take_lock(self):
+        """One run per results folder: a second concurrent run would append the same images.
+        An advisory lock that the OS releases when the process dies (SIGKILL included)."""
+        handle = open(self.dir / LOCK_NAME, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock, as before
+            pass
+        except OSError:
+            handle.close()
+            raise HamedgeError(f"another hamedge infer is writing to {self.dir}; wait for it "
+                               "or give another --out") from None
+        return handle
+
     def _clear(self) -> None:
         for name in (CSV_NAME, JSONL_NAME, MANIFEST_NAME):
             (self.dir / name).unlink(missing_ok=True)
@@ -218,7 +240,7 @@ class ResultsStore:
         return sum(1 for status in self.done.values() if status != STATUS_OK)
 
     def close(self) -> None:
-        for handle in (self._csv, self._jsonl):
+        for handle in (self._csv, self._jsonl, self._lock):
             if not handle.closed:
                 handle.close()
 
