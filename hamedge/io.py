@@ -14,7 +14,6 @@ Unreadable files (corrupt, truncated, empty, not an image) raise DataError with 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,26 +72,30 @@ def _read_raster(path: Path) -> np.ndarray:
     if _png_bit_depth(path) == 16:
         return _read_png16(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as pil:
-                pil.load()  # decode now: truncated or corrupt data fails here
-                if getattr(pil, "n_frames", 1) > 1:
-                    pil.seek(0)
-                mode = pil.mode
-                if mode == "L":
-                    return np.asarray(pil).copy()
-                if mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1", "RGBX"):
-                    return np.asarray(pil.convert("L")).copy()
-                if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                    return (np.asarray(pil).astype(np.float32) / 65535.0).astype(np.float32)
-                if mode == "I":
-                    data = np.asarray(pil).astype(np.float64)
-                    top = 65535.0 if data.max() <= 65535 and data.min() >= 0 else None
-                    return _minmax(data) if top is None else (data / top).astype(np.float32)
-                if mode == "F":
-                    return _minmax(np.asarray(pil).astype(np.float64))
-                raise DataError(f"{path}: unsupported image mode {mode}")
+        # The size check replaces warnings.catch_warnings, which is not thread-safe (readers
+        # are threads).
+        with Image.open(path) as pil:
+            limit = Image.MAX_IMAGE_PIXELS  # PIL only warns below twice this: refuse at it
+            if limit and pil.size[0] * pil.size[1] > limit:
+                raise DataError(f"{path}: image of {pil.size[0]}x{pil.size[1]} pixels is larger "
+                                f"than the {limit}-pixel safety limit (decompression bomb?)")
+            pil.load()  # decode now: truncated or corrupt data fails here
+            if getattr(pil, "n_frames", 1) > 1:
+                pil.seek(0)
+            mode = pil.mode
+            if mode == "L":
+                return np.asarray(pil).copy()
+            if mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1", "RGBX"):
+                return np.asarray(pil.convert("L")).copy()
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                return (np.asarray(pil).astype(np.float32) / 65535.0).astype(np.float32)
+            if mode == "I":
+                data = np.asarray(pil).astype(np.float64)
+                top = 65535.0 if data.max() <= 65535 and data.min() >= 0 else None
+                return _minmax(data) if top is None else (data / top).astype(np.float32)
+            if mode == "F":
+                return _minmax(np.asarray(pil).astype(np.float64))
+            raise DataError(f"{path}: unsupported image mode {mode}")
     except DataError:
         raise
     except UnidentifiedImageError:

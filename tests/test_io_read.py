@@ -215,3 +215,17 @@ def test_dicom_empty_rescale_and_window(tmp_path, empty):
     out = read_image(path)
     assert out.ndim == 2 and out.dtype == np.float32 and np.isfinite(out).all()
     assert np.allclose(out, RAMP12 / 4095.0, atol=1e-6)
+
+
+def test_image_over_the_pixel_limit_is_refused_in_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hamedge.errors import DataError
+    from hamedge.io import read_image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # PIL itself only warns below 6000
+    with pytest.raises(DataError, match="safety limit") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
