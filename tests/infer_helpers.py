@@ -1,4 +1,5 @@
-"""Test helpers for the runtime / pipeline / infer / api tests: a tiny exported bundle.
+"""Test helpers for the runtime / pipeline / infer / api tests: a tiny exported bundle and a
+DICOM writer.
 
 A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.export and
 written with hamedge.bundle.BundleWriter (what `hamedge export` does, minus INT8 and engines).
@@ -7,6 +8,8 @@ written with hamedge.bundle.BundleWriter (what `hamedge export` does, minus INT8
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from hamedge.spec import ModelSpec
 
@@ -71,3 +74,22 @@ def _quantize(proto, spec: ModelSpec, fold: bool) -> bytes:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv"])
         return dst.read_bytes()
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "DX", "Test^Patient"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)

@@ -124,12 +124,16 @@ def test_failed_export_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def orin_record(b: Bundle) -> EngineRecord:
+    return EngineRecord(plan="nvidia-orin_trt10.3.0_fp16_b1-4-8.plan", gpu_name="Orin",
+                        compute_capability="8.7", trt_version="10.3.0", precision="fp16",
+                        min_batch=1, opt_batch=4, max_batch=8, onnx_file="model.onnx",
+                        onnx_sha256=b.files["model.onnx"])
+
+
 def test_engines_added_later_are_listed_and_verified(tmp_path):
     b = make_bundle(tmp_path / "b")
-    rec = EngineRecord(plan="nvidia-orin_trt10.3.0_fp16_b1-4-8.plan", gpu_name="Orin",
-                       compute_capability="8.7", trt_version="10.3.0", precision="fp16",
-                       min_batch=1, opt_batch=4, max_batch=8, onnx_file="model.onnx",
-                       onnx_sha256=b.files["model.onnx"])
+    rec = orin_record(b)
     b.add_engine(b"PLAN", rec)
     again = Bundle.open(tmp_path / "b")
     assert again.engines == [rec]
@@ -154,10 +158,7 @@ def test_rebuilding_an_engine_never_leaves_an_unopenable_bundle(tmp_path, monkey
     import hamedge.bundle as bundle_mod
 
     b = make_bundle(tmp_path / "b")
-    rec = EngineRecord(plan="nvidia-orin_trt10.3.0_fp16_b1-4-8.plan", gpu_name="Orin",
-                       compute_capability="8.7", trt_version="10.3.0", precision="fp16",
-                       min_batch=1, opt_batch=4, max_batch=8, onnx_file="model.onnx",
-                       onnx_sha256=b.files["model.onnx"])
+    rec = orin_record(b)
     b.add_engine(b"PLAN", rec)
 
     def killed(*args, **kwargs):  # the process dies while writing the new plan

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from infer_helpers import make_bundle
+from infer_helpers import make_bundle, write_dicom
 from hamedge.cli import run_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,25 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("cli") / "tiny.hamedge")
-
-
-def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName = "DX", "Test^Patient"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from infer_helpers import write_dicom
+
 from hamedge.errors import HamedgeError
 from hamedge.pipeline.store import ResultsStore
 
@@ -84,24 +86,6 @@ def tiny_bundle(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("store") / "tiny.hamedge")
 
 
-def _write_dicom(path, pixels) -> None:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype("uint16").tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
 def test_same_stem_and_uid_named_files_get_their_own_heatmap_folders(tiny_bundle, tmp_path):
     import cv2
     import numpy as np
@@ -113,8 +97,8 @@ def test_same_stem_and_uid_named_files_get_their_own_heatmap_folders(tiny_bundle
     img = (np.arange(96 * 96).reshape(96, 96) % 251).astype(np.uint8)
     cv2.imwrite(str(src / "a.png"), img)
     cv2.imwrite(str(src / "a.bmp"), 255 - img)
-    _write_dicom(src / "1.2.3.10", img.astype(np.uint16) * 16)  # DICOM named by UID, no suffix
-    _write_dicom(src / "1.2.3.11", (255 - img).astype(np.uint16) * 16)
+    write_dicom(src / "1.2.3.10", img.astype(np.uint16) * 16)  # DICOM named by UID, no suffix
+    write_dicom(src / "1.2.3.11", (255 - img).astype(np.uint16) * 16)
     out = tmp_path / "out"
     args = ["infer", str(src), "--model", str(tiny_bundle), "--out", str(out), "--all-heatmaps",
             "--quiet"]
