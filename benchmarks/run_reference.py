@@ -73,19 +73,10 @@ def run_bench(args: list[str]) -> None:
 def random_checkpoint(spec, path: Path) -> Path:
     """A HAM of ``spec`` with random weights (BatchNorm statistics randomised so the activations
     are not degenerate): speed does not depend on the weights."""
-    import torch
-
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.network import build_model
+    from hamedge.model.network import random_model
 
-    torch.manual_seed(0)
-    model = build_model(spec).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    save_checkpoint(model, spec, path)
+    save_checkpoint(random_model(spec, seed=0), spec, path)
     return path
 
 

@@ -20,21 +20,13 @@ TINY_SPEC = ModelSpec(arch="resnet18", output_stride=32, input_size=64,
 def make_bundle(target: Path, spec: ModelSpec = TINY_SPEC, seed: int = 0, fold: bool = True,
                 full_res: bool = False, int8: bool = False) -> Path:
     import onnx
-    import torch
 
     from hamedge.bundle import BundleWriter
     from hamedge.model.checkpoint import save_checkpoint
     from hamedge.model.export import export_onnx
-    from hamedge.model.network import build_model
+    from hamedge.model.network import random_model
 
-    torch.manual_seed(seed)
-    model = build_model(spec).eval()
-    # Random BatchNorm statistics so the outputs are not degenerate.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+    model = random_model(spec, seed)
     exported = export_onnx(model, fold=fold, full_res=full_res, simplify=False)
     with BundleWriter(target, force=True) as writer:
         writer.write_bytes("model.onnx", exported.model.SerializeToString())

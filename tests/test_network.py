@@ -64,3 +64,12 @@ def test_other_backbones_build(arch):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert torch.isfinite(out.class_logits).all()
+
+
+def test_random_model_is_seeded_and_not_degenerate():
+    from hamedge.model.network import random_model
+
+    spec = small(class_names=("A", "B"))
+    a, b = random_model(spec, seed=3), random_model(spec, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert float(a.bn1.running_var.min()) >= 0.5 and not a.training

@@ -210,3 +210,17 @@ class HAM(nn.Module):
 def build_model(spec: ModelSpec) -> HAM:
     """The registry entry point: a HAM for this spec, with freshly initialised weights."""
     return HAM(spec)
+
+
+def random_model(spec: ModelSpec, seed: int = 0) -> HAM:
+    """A HAM of ``spec`` with seeded random weights and random BatchNorm statistics, so its
+    activations and outputs are not degenerate: for speed measurements and tests, where the
+    weights do not matter but all-zero running statistics would."""
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
