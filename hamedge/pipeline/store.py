@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hamedge.errors import HamedgeError
-from hamedge.fsutil import write_bytes
+from hamedge.fsutil import write_text
 
 RESULTS_FORMAT = "hamedge-results/1"
 CSV_NAME = "results.csv"
@@ -130,8 +130,8 @@ class ResultsStore:
             raise HamedgeError(f"{self.dir} has results but no {MANIFEST_NAME}; "
                                "use --overwrite or another --out")
         else:
-            write_bytes(self.manifest_path, (json.dumps(self.manifest, indent=2, sort_keys=True)
-                                             + "\n").encode(**_TEXT))
+            write_text(self.manifest_path,
+                       json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
 
     def _read_csv(self) -> list[dict[str, str]]:
         if not self.csv_path.is_file() or self.csv_path.stat().st_size == 0:
@@ -195,9 +195,9 @@ class ResultsStore:
         writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(csv_rows)
-        write_bytes(self.csv_path, buffer.getvalue().encode(**_TEXT))
-        write_bytes(self.jsonl_path, "".join(json.dumps(r, sort_keys=False) + "\n"
-                                             for r in json_rows).encode(**_TEXT))
+        write_text(self.csv_path, buffer.getvalue())
+        write_text(self.jsonl_path, "".join(json.dumps(r, sort_keys=False) + "\n"
+                                            for r in json_rows))
 
     # -- appending -----------------------------------------------------------------------------
     def csv_row(self, record: dict[str, Any]) -> dict[str, Any]:
