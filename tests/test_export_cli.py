@@ -144,7 +144,7 @@ def test_engine_request_without_tensorrt_still_writes_bundle(ckpt, tmp_path, cap
 
 
 def test_fused_plugin_graph_is_an_extra_tensorrt_only_graph(ckpt, tmp_path):
-    pytest.importorskip("hamedge.ops.onnx_plugin")
+    pytest.importorskip("hamedge.kernels.onnx_plugin")
     import onnx
 
     out = tmp_path / "p.hamedge"

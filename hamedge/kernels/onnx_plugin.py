@@ -196,7 +196,7 @@ def fused_plugin_graph_or_reason(model: "onnx.ModelProto", spec: "ModelSpec"
     """For the exporter: (plugin graph, "") when TensorRT can take it here, else (None, why).
     Without TensorRT the plugin graph is still written when asked (it is for the target), and
     the reason says the engine must be built where TensorRT is."""
-    from hamedge.ops.trt_plugin import plugin_available
+    from hamedge.kernels.trt_plugin import plugin_available
 
     ok, why = plugin_available()
     graph = add_fused_plugin_node(model, spec)

@@ -70,11 +70,11 @@ def fold_grayscale(model: nn.Module) -> nn.Module:
 def _refine_fn():
     """Engineer C's export-friendly refinement when present, else the plain torch one."""
     try:
-        from hamedge.ops.export_graph import fused_refine_for_export  # type: ignore
+        from hamedge.kernels.export_graph import fused_refine_for_export  # type: ignore
 
         return fused_refine_for_export
     except ImportError:
-        from hamedge.ops.torch_refine import refine_maps_torch
+        from hamedge.kernels.torch_refine import refine_maps_torch
 
         return refine_maps_torch
 
@@ -168,7 +168,7 @@ def export_onnx(model: nn.Module, *, fold: bool = True, full_res: bool = False,
 def torch_reference_outputs(model: nn.Module, batch: np.ndarray, full_res: bool
                             ) -> dict[str, np.ndarray]:
     """The unmodified torch forward (three-channel input, built-in LSE) in the graph's terms."""
-    from hamedge.ops.torch_refine import refine_maps_torch
+    from hamedge.kernels.torch_refine import refine_maps_torch
 
     spec: ModelSpec = model.spec
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -343,7 +343,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
                 log(f"fused plugin: {PLUGIN_GRAPH} written (hamedge::FusedRefine node; TensorRT "
                     "with the plugin loaded only)")
             else:
-                log("fused plugin: hamedge.ops.onnx_plugin is not available; model.plugin.onnx "
+                log("fused plugin: hamedge.kernels.onnx_plugin is not available; model.plugin.onnx "
                     "not written")
         provenance = {
             "checkpoint": ckpt.name,
@@ -426,7 +426,7 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
 
 def _plugin_graph(exported: ExportedGraph, spec: ModelSpec):
     try:
-        from hamedge.ops.onnx_plugin import add_fused_plugin_node  # type: ignore
+        from hamedge.kernels.onnx_plugin import add_fused_plugin_node  # type: ignore
     except ImportError:
         return None
     return add_fused_plugin_node(exported.model, spec)

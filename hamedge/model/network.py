@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamedge.ops.torch_refine import refine_maps_torch
+from hamedge.kernels.torch_refine import refine_maps_torch
 from hamedge.spec import ARCHITECTURES, ModelSpec
 
 
