@@ -50,6 +50,11 @@ OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
 # Exported graphs name every node after the classification features "/head/...": the pooling,
 # sigmoids, CAM projection and refinement that INT8 graphs keep in floating point.
 FLOAT_TAIL_PREFIX = "/head/"
+# ONNX opsets the exported graphs are written in. 17 is the highest TensorRT 8.5 (JetPack 5)
+# parses, fine for TensorRT 10/11 and ONNX Runtime; torch's TorchScript tracer writes up to 20,
+# and below 11 there is no Resize with align_corners for full-resolution heatmaps.
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 11, 20
 
 
 @dataclass(frozen=True)

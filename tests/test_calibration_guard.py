@@ -46,7 +46,7 @@ def test_fallback_rounds_then_refusal(tmp_path):
     from calibration import Int8BudgetError, build_int8
     from calibration.data import load_calibration_set, synthetic_heldout
     from hamedge.datasets import load_dataset
-    from hamedge.model.export import export_onnx
+    from hamedge.model.graph import export_onnx
     from hamedge.model.network import HAM
     from hamedge.synth import SYNTH_CLASSES
 

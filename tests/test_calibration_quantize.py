@@ -11,7 +11,8 @@ pytest.importorskip("onnxruntime")
 
 from calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
                                   qdq_problems, quantizable_nodes, quantize, tail_nodes)
-from hamedge.model.export import export_onnx, run_onnx  # noqa: E402
+from hamedge.compare import run_onnx  # noqa: E402
+from hamedge.model.graph import export_onnx  # noqa: E402
 from hamedge.model.network import HAM  # noqa: E402
 from hamedge.spec import ModelSpec  # noqa: E402
 
