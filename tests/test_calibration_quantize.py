@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
+from hamedge.calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
                                   qdq_problems, quantizable_nodes, quantize, tail_nodes)
 from hamedge.compare import run_onnx  # noqa: E402
 from hamedge.model.graph import export_onnx  # noqa: E402

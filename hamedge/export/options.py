@@ -60,8 +60,8 @@ class ExportOptions:
     def validate(self) -> None:
         """Raise ExportOptionError (one line, naming the option) on the first value that cannot
         work. Checks types, ranges, the folders it reads and that ``out`` can be written."""
-        from calibration.data import MIN_IMAGES
-        from calibration.quantize import METHODS
+        from hamedge.calibration.data import MIN_IMAGES
+        from hamedge.calibration.quantize import METHODS
         from hamedge.bundle import PRECISIONS
         from hamedge.trt.naming import BatchProfile
 
