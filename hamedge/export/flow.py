@@ -67,7 +67,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
     import tempfile
     import time
 
-    from hamedge.bundle import CALIBRATION_FILE, GRAPH_FILES, PLUGIN_GRAPH, WEIGHTS_FILE, BundleWriter
+    from hamedge.bundle import CALIBRATION_FILE, FP32_GRAPH, PLUGIN_GRAPH, WEIGHTS_FILE, BundleWriter
     from hamedge.compare import describe_parity
     from hamedge.model.checkpoint import checkpoint_sha256, load_model, resolve_checkpoint
     from hamedge.model.graph import export_onnx
@@ -90,7 +90,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             f"{', grayscale folded' if fold else ''}")
         exported = export_onnx(model, fold=fold, full_res=opts.full_res, opset=opts.opset,
                                simplify=opts.simplify)
-        fp32_path = writer.write_bytes(GRAPH_FILES["fp32"], exported.model.SerializeToString())
+        fp32_path = writer.write_bytes(FP32_GRAPH, exported.model.SerializeToString())
         if calib_set is not None:
             batch = calib_set.inputs[: opts.parity_images]
             parity_source = "calibration images"
