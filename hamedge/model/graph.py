@@ -158,10 +158,8 @@ def torch_reference_outputs(model: nn.Module, batch: np.ndarray, full_res: bool
     if x.shape[1] != spec.in_channels:
         x = x.expand(-1, spec.in_channels, -1, -1)
     with torch.no_grad():
-        out = model.eval()(x, refine=False)
-        maps = torch.cat((out.anomaly_cam, out.class_cams), dim=1)
+        probs, anomaly, maps = model.eval()(x, refine=False).graph_outputs()
         if full_res:
             maps = refine_maps_torch(maps, (spec.input_size,) * 2, spec.cam_gain, spec.cam_center)
-    return {"class_probs": torch.sigmoid(out.class_logits).numpy(),
-            "anomaly_prob": torch.sigmoid(out.anomaly_logit).numpy(),
+    return {"class_probs": probs.numpy(), "anomaly_prob": anomaly.numpy(),
             "attention_maps": maps.numpy()}

@@ -125,6 +125,19 @@ class HAMOutput(NamedTuple):
     anomaly_cam: torch.Tensor  # (B, 1, h, w) raw: ReLU of the anomaly weights applied to F
     class_cams: torch.Tensor  # (B, K, h, w) raw
 
+    def graph_outputs(self, refined: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exported graph's three outputs in torch: class_probs (B, K), anomaly_prob (B, 1)
+        and attention_maps, anomaly first: the raw CAMs (B, 1+K, h, w), or with ``refined`` the
+        refined maps (B, 1+K, H, W) of a forward run with refine=True."""
+        if refined:
+            if self.anomaly_map is None or self.class_maps is None:
+                raise ValueError("refined maps asked for, but the forward ran with refine=False")
+            maps = torch.cat((self.anomaly_map, self.class_maps), dim=1)
+        else:
+            maps = torch.cat((self.anomaly_cam, self.class_cams), dim=1)
+        return torch.sigmoid(self.class_logits), torch.sigmoid(self.anomaly_logit), maps
+
 
 def lse_pool(features: torch.Tensor, r: float) -> torch.Tensor:
     """Log-sum-exp pooling over all positions: (B, C, h, w) -> (B, C)."""
