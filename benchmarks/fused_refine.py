@@ -1,4 +1,4 @@
-"""CPU benchmark of the heatmap refinement: the reference way vs the fused op (issue 6).
+"""CPU benchmark of the heatmap refinement: the reference way vs the fused op.
 
 15 maps (anomaly + 14 classes) at 16, 32 and 64 px to 512x512, batch 1 and 8, all in one run,
 methods interleaved repeat by repeat (so background load hits them alike), median of repeats.

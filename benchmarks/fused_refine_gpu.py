@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused refinement (issue 6, item 5). Needs a CUDA GPU, torch and triton;
+"""GPU benchmark of the fused refinement. Needs a CUDA GPU, torch and triton;
 not run in the CPU-only development sessions (no GPU there). Run: python benchmarks/fused_refine_gpu.py
 
 For 15 maps at 16/32/64 px -> 512x512, batch 1, 8 and 32:
