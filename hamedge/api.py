@@ -140,7 +140,9 @@ class Model:
 def load(bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
          device: str | None = None, **opts) -> Model:
     """Open a model for prediction: a bundle folder, a .safetensors checkpoint, or None for the
-    packaged demo model. ``backend``: auto | onnxruntime | tensorrt | torch."""
+    packaged demo model. ``backend``: "auto" or a name of hamedge.runtime.backend_names();
+    ``precision``: one that backend's class lists in ``precisions``; ``opts``: the backend's own
+    keyword options (a misspelt one is refused)."""
     from hamedge.runtime import open_backend
 
     opened = resolve_bundle(bundle)

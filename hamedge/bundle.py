@@ -41,9 +41,12 @@ ENGINES_DIR = "engines"
 PLUGIN_GRAPH = "model.plugin.onnx"
 
 # (precision, target) -> graph file. "cpu" is ONNX Runtime (or any CPU runtime), "tensorrt" the GPU
-# builder. fp16 has no graph of its own: TensorRT builds fp16 engines from the fp32 graph.
+# builder. fp16 and bf16 have no graph of its own: the runtime lowers the fp32 graph (TensorRT's
+# fp16 engines, OpenVINO's bf16 inference precision on CPUs with AMX or AVX-512 BF16).
 GRAPH_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8_cpu": "model.int8.cpu.onnx"}
-PRECISIONS = ("fp32", "fp16", "int8")
+# Every precision any backend runs; each backend's own subset is its class attribute.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+REDUCED_FLOAT = ("fp16", "bf16")  # run from the fp32 graph
 TARGETS = ("cpu", "tensorrt")
 
 OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
@@ -228,7 +231,7 @@ class Bundle:
     def path_for(self, precision: str = "fp32", target: str = "cpu") -> Path:
         """The ONNX graph to run or build for this precision on this target.
 
-        fp32/fp16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
+        fp32/fp16/bf16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
         int8 on "cpu" -> model.int8.cpu.onnx (U8S8), or the symmetric graph when the bundle has no
         CPU form (correct, only slower on x86).
         """
@@ -236,7 +239,7 @@ class Bundle:
             raise BundleError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
         if target not in TARGETS:
             raise BundleError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
-        if precision in ("fp32", "fp16"):
+        if precision == "fp32" or precision in REDUCED_FLOAT:
             candidates = [GRAPH_FILES["fp32"]]
         elif target == "cpu":
             candidates = [GRAPH_FILES["int8_cpu"], GRAPH_FILES["int8"]]
@@ -250,10 +253,11 @@ class Bundle:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """Precisions this bundle has graphs for (fp16 whenever fp32 exists: TensorRT's choice)."""
+        """Precisions this bundle has graphs for (fp16 and bf16 whenever fp32 exists: the runtime
+        lowers the fp32 graph)."""
         out = []
         if GRAPH_FILES["fp32"] in self.files:
-            out += ["fp32", "fp16"]
+            out += ["fp32", *REDUCED_FLOAT]
         if GRAPH_FILES["int8"] in self.files or GRAPH_FILES["int8_cpu"] in self.files:
             out.append("int8")
         return tuple(out)

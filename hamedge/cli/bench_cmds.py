@@ -9,6 +9,7 @@ import typer
 
 from hamedge.cli.app import app
 from hamedge.errors import HamedgeError
+from hamedge.runtime.registry import PRECISIONS, backend_names
 
 
 def _csv(text: str | None, what: str) -> list[str] | None:
@@ -34,9 +35,9 @@ def _ints(text: str) -> list[int]:
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle directory, or a checkpoint "
                                          "(.safetensors) to export first. Default: the packaged demo model."),
-    backends: Optional[str] = typer.Option(None, help="Comma-separated: onnxruntime,tensorrt,torch. "
+    backends: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(backend_names())}. "
                                            "Default: every backend available here."),
-    precisions: Optional[str] = typer.Option(None, help="Comma-separated: fp32,fp16,int8. "
+    precisions: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(PRECISIONS)}. "
                                              "Default: every precision each backend can run."),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
     data: Optional[Path] = typer.Option(None, help="Labelled set (NIH layout, NIH CSV or CheXpert) for accuracy. "

@@ -4,12 +4,14 @@ ONNX Runtime. (Auto never builds an engine: building takes minutes; ask for --ba
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from hamedge.errors import HamedgeError
-from hamedge.runtime.base import PRECISIONS, Backend
+from hamedge.runtime.base import Backend
+from hamedge.runtime.registry import AUTO, backend_choices, backend_class, check_precision
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = backend_choices()
 
 
 def _as_bundle(bundle):
@@ -20,14 +22,13 @@ def _as_bundle(bundle):
     return bundle
 
 
-def resolve_backend(bundle, backend: str = "auto", precision: str = "fp32",
+def resolve_backend(bundle, backend: str = AUTO, precision: str = "fp32",
                     gpu=None, trt_version=None, probe: bool = True) -> tuple[str, str]:
     """(backend name, why). ``gpu``/``trt_version`` are probed when ``probe`` (tests pass them)."""
-    if backend not in BACKENDS:
-        raise HamedgeError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise HamedgeError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if backend != "auto":
+    if backend != AUTO:
+        backend_class(backend)  # an unknown name is refused here, in one line
+    check_precision(precision)
+    if backend != AUTO:
         return backend, "asked for"
     from hamedge.runtime import tensorrt as trt_backend
 
@@ -40,18 +41,29 @@ def resolve_backend(bundle, backend: str = "auto", precision: str = "fp32",
     return "onnxruntime", "; ".join(reasons)
 
 
-def open_backend(bundle, backend: str = "auto", precision: str = "fp32", device: str | None = None,
-                 **opts) -> Backend:
-    """Open a bundle (a Bundle or its directory) on a backend. Options go to the backend
-    (threads for onnxruntime/torch; max_batch, build, cuda_graphs for tensorrt)."""
+def backend_options(cls, **options) -> dict:
+    """The options ``cls`` takes, from a caller that passes the same options to every backend
+    (the bench's thread count); those it does not take are dropped, not passed."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in options.items() if k in params and v is not None}
+
+
+def open_backend(bundle, backend: str = AUTO, precision: str = "fp32", device: str | None = None,
+                 **options) -> Backend:
+    """Open a bundle (a Bundle or its directory) on a backend. ``options`` are the backend's own
+    keyword arguments (threads for onnxruntime/torch; max_batch, build, cuda_graphs for tensorrt;
+    see each class); one the chosen backend does not take is refused, so a misspelt option never
+    passes silently. An option given as None means the backend's default."""
     bundle = _as_bundle(bundle)
     name, why = resolve_backend(bundle, backend, precision)
-    if name == "onnxruntime":
-        from hamedge.runtime.onnxruntime import OnnxRuntimeBackend as cls
-    elif name == "tensorrt":
-        from hamedge.runtime.tensorrt import TensorRTBackend as cls
-    else:
-        from hamedge.runtime.torch_backend import TorchBackend as cls
-    opened = cls(bundle, precision=precision, device=device, **opts)
+    cls = backend_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k, v in options.items() if k not in params and v is not None)
+    if unknown:
+        takes = [p for p in params if p not in ("self", "bundle", "precision", "device")]
+        raise HamedgeError(f"the {name} backend takes no option {unknown[0]!r} "
+                           f"(it takes: {', '.join(takes) or 'none'})")
+    opened = cls(bundle, precision=precision, device=device,
+                 **{k: v for k, v in options.items() if v is not None})
     opened.selection_reason = why
     return opened
