@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hamedge.bench.latency import P99_MIN_SAMPLES
+from hamedge.compare import Budget
 
 
 @dataclass
@@ -142,16 +143,20 @@ def accuracy_table(results: dict[str, Any], only: tuple[str, ...] | None = None)
             "-" if ok is None else ("yes" if ok else "NO: " + "; ".join(a.get("budget_failures", []))),
         ])
         flagged.append(ok is False)
-    budget = results.get("budget", {})
+    budget = Budget.from_dict(results.get("budget"))
+    both_empty = sum((a.get("agreement") or {}).get("both_empty_pairs") or 0
+                     for a in results.get("accuracy", []))
     return TableData(
         title="Accuracy on the labelled set, and agreement with the fp32 reference",
         columns=["configuration", "mean AUC", "delta AUC", "anomaly AUC",
                  *[f"T(IoU={t})" for t in thresholds], "T(IoR=0.5)", "max |delta p|",
                  "heatmap IoU mean", "heatmap IoU min", "flips", "within budget"],
         rows=rows, flagged=flagged,
-        note=(f"budget: mean AUC drop <= {budget.get('mean_auc_drop')}, T(IoU=0.3) drop <= "
-              f"{budget.get('tiou_0.3_drop')}; heatmap IoU compares binarised refined maps with the "
-              f"reference's; flips = (image, finding) pairs whose decision at the threshold changes."))
+        note=(f"budget: mean AUC drop <= {budget.max_mean_auc_drop}, "
+              f"T(IoU={budget.tiou_threshold:g}) drop <= {budget.max_tiou_drop}; heatmap IoU "
+              f"compares binarised refined maps with the reference's, over the pairs where either "
+              f"mask marks a region ({both_empty} pairs empty in both are left out); flips = "
+              f"(image, finding) pairs whose decision at the threshold changes."))
 
 
 def per_class_table(results: dict[str, Any]) -> TableData | None:

@@ -23,13 +23,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hamedge.compare import Budget
 from hamedge.errors import HamedgeError
 
 FORMAT = "hamedge-bench/1"
 BASELINE_BACKEND = "torch-eager"  # the reference code's way: PIL preprocessing + model(x) forward
 
-# The accuracy budget an optimised configuration must hold against the fp32 reference.
-DEFAULT_BUDGET = {"mean_auc_drop": 0.005, "tiou_0.3_drop": 0.01}
 
 
 def config_name(backend: str, precision: str) -> str:
@@ -121,7 +120,7 @@ def new_results() -> dict[str, Any]:
         "versions": versions(),
         "model": {},
         "settings": {},
-        "budget": dict(DEFAULT_BUDGET),
+        "budget": Budget().to_dict(),
         "latency": [],
         "accuracy": [],
         "overlays": [],
