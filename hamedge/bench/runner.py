@@ -62,7 +62,7 @@ Log = Callable[[str], None]
 def resolve_bundle(opts: BenchOptions, log: Log):
     """A Bundle for --model through hamedge.api's one resolution, with INT8. If INT8 cannot hold
     the budget it is exported anyway without the guard: the bench measures it and marks the breach."""
-    from calibration import Int8BudgetError
+    from hamedge.calibration import Int8BudgetError
     from hamedge.api import resolve_bundle as resolve
 
     try:
