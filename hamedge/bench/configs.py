@@ -34,8 +34,8 @@ def open_config(bundle, backend: str, precision: str, threads: int | None, use: 
         raise HamedgeError(missing)
     if precision not in bundle.precisions:
         raise HamedgeError(f"the bundle has no {precision} graph")
-    options = backend_options(backend_class(backend), threads=threads, use=use)
-    return open_backend(bundle, backend, precision, **options)
+    options = backend_options(backend_class(backend), threads=threads)
+    return open_backend(bundle, backend, precision, use=use, **options)
 
 
 def artifact_size(backend) -> int | None:

@@ -80,7 +80,10 @@ def infer(
     if missing:  # before resolve_bundle, which may export the demo model first
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
-    with open_backend(bundle, backend, precision, device) as runner:
+    with open_backend(bundle, backend, precision, device, use="throughput") as runner:
+        if backend == "auto" and not quiet:
+            console.print(f"backend: {runner.description} ({runner.selection_reason})",
+                          highlight=False, soft_wrap=True)
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:

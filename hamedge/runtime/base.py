@@ -5,6 +5,7 @@ the last inference, ``close``, and a context manager. No torch here."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,16 +101,18 @@ class Backend:
         return self._last_inference_time
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, batch: np.ndarray) -> RawOutputs:
-        """Run a float32 batch (B, C, S, S), already preprocessed, and return its outputs."""
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
         if self._closed:
             raise RuntimeError(f"the {self.name} backend is closed")
         batch = np.asarray(batch)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
             raise HamedgeError(f"the {self.name} backend expects a batch of shape "
                                f"(B, {', '.join(map(str, self.input_shape))}), got {batch.shape}")
-        if batch.dtype != np.float32:
-            batch = batch.astype(np.float32)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def run(self, batch: np.ndarray) -> RawOutputs:
+        """Run a float32 batch (B, C, S, S), already preprocessed, and return its outputs."""
+        batch = self._checked(batch)
         self._last_inference_time = 0.0
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
             parts = [self._timed_run(np.ascontiguousarray(batch[i:i + self.max_batch]))
@@ -117,6 +120,17 @@ class Backend:
             return RawOutputs(*(np.concatenate([getattr(p, n) for p in parts])
                                 for n in OUTPUT_NAMES), self.heatmaps_refined)
         return self._timed_run(np.ascontiguousarray(batch))
+
+    def submit(self, batch: np.ndarray) -> Future:
+        """Start a batch and return a Future of its RawOutputs. Backends with asynchronous
+        requests (openvino) return at once, so the caller overlaps its own work (decoding the
+        next batch, writing the last) with inference; the others run the batch now."""
+        future: Future = Future()
+        try:
+            future.set_result(self.run(batch))
+        except Exception as exc:  # noqa: BLE001 - delivered through the future, as async ones do
+            future.set_exception(exc)
+        return future
 
     def _timed_run(self, batch: np.ndarray) -> RawOutputs:
         self._inference_time = None

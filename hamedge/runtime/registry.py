@@ -16,6 +16,7 @@ from hamedge.errors import HamedgeError
 # name -> "module:Class", in the order help texts and the bench list them.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "hamedge.runtime.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "hamedge.runtime.openvino:OpenVINOBackend",
     "tensorrt": "hamedge.runtime.tensorrt:TensorRTBackend",
     "torch": "hamedge.runtime.torch_backend:TorchBackend",
 }
