@@ -20,31 +20,39 @@ __all__ = ["Budget", "compare", "evaluate_graph", "heatmap_agreement", "open_gra
 
 
 def open_graph(path: str | os.PathLike, spec: ModelSpec, channels: int,
-               heatmaps_refined: bool = False, precision: str = "fp32", threads: int | None = None):
-    """A CPU backend on one graph file that is not in a bundle yet (ONNX Runtime)."""
+               heatmaps_refined: bool = False, precision: str = "fp32", threads: int | None = None,
+               backend: str = "onnxruntime"):
+    """A CPU backend on one graph file that is not in a bundle yet: ONNX Runtime, or another
+    registered backend with ``from_graph`` (openvino), so the guard measures the arithmetic the
+    deployed runtime will actually do."""
     from hamedge.bundle import GraphInfo
-    from hamedge.runtime.onnxruntime import OnnxRuntimeBackend
+    from hamedge.errors import HamedgeError
+    from hamedge.runtime.registry import backend_class
+
+    cls = backend_class(backend)
+    if not hasattr(cls, "from_graph"):
+        raise HamedgeError(f"the {backend} backend cannot run a graph file outside a bundle")
 
     size = spec.input_size
     graph = GraphInfo(input_channels=channels, input_size=size,
                       heatmaps="refined" if heatmaps_refined else "raw",
                       feature_size=spec.feature_size, opset=0)
-    return OnnxRuntimeBackend.from_graph(path, spec, graph, precision, device="cpu",
-                                         threads=threads)
+    return cls.from_graph(path, spec, graph, precision, device="cpu", threads=threads)
 
 
 def evaluate_graph(path: str | os.PathLike, labelled_set: Any, spec: ModelSpec, channels: int,
                    heatmaps_refined: bool = False, batch_size: int = 16,
-                   limit: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
+                   limit: int | None = None, backend: str = "onnxruntime",
+                   precision: str = "fp32") -> tuple[dict[str, Any], np.ndarray]:
     """run_evaluation of one ONNX graph; also returns the attention maps it produced, in order:
     raw low-resolution maps as they are (small), full-resolution refined maps binarised (a
     quarter of their float memory: 200 images of 15 maps at 512 px would hold 3 GB)."""
     from hamedge.evaluation import binarise, run_evaluation
 
     maps: list[np.ndarray] = []
-    with open_graph(path, spec, channels, heatmaps_refined) as backend:
+    with open_graph(path, spec, channels, heatmaps_refined, precision, backend=backend) as runner:
         def predict(batch: np.ndarray):
-            out = backend.run(batch)
+            out = runner.run(batch)
             att = out.attention_maps
             maps.append(binarise(att, spec, True) if heatmaps_refined else att)
             return out.class_probs, out.anomaly_prob, att

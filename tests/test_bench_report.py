@@ -97,7 +97,8 @@ def test_tables_flag_configurations_over_budget():
     md = report.render_markdown(r)
     assert "**onnxruntime/int8**" in md and "| torch-eager/fp32 |" in md
     lat = report.latency_table(r)
-    assert len(lat.rows) == 12 and "baseline" in [row[-1] for row in lat.rows]
+    speedup = lat.columns.index("speed-up")
+    assert len(lat.rows) == 12 and "baseline" in [row[speedup] for row in lat.rows]
 
 
 def test_compare_reports_faster_and_slower(tmp_path):
@@ -281,3 +282,22 @@ def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
     # a mode that was not measured is said, not judged
     assert rows["default", "onnxruntime/int8", "infer"]["met"] is None
     assert "not run in mode infer" in rows["default", "onnxruntime/int8", "infer"]["note"]
+
+
+def test_other_runtimes_are_held_against_onnxruntime():
+    r = fake_results()
+    base = next(e for e in r["latency"] if e["backend"] == "onnxruntime" and e["precision"] == "fp32"
+                and e["mode"] == "model")
+    for precision, factor in (("fp32", 2.0), ("bf16", 3.0)):
+        entry = json.loads(json.dumps(base))
+        entry.update(backend="openvino", precision=precision)
+        entry["stats"]["throughput"] *= factor
+        r["latency"].append(entry)
+    results.fill_speedups(r)
+    ov = {e["precision"]: e for e in r["latency"] if e["backend"] == "openvino"}
+    assert ov["fp32"]["vs_onnxruntime"] == pytest.approx(2.0)
+    assert ov["bf16"]["vs_onnxruntime"] == pytest.approx(3.0)  # against ONNX Runtime's fp32
+    assert base["vs_onnxruntime"] is None
+    table = report.latency_table(r)
+    col = table.columns.index("vs onnxruntime")
+    assert "2.00x" in [row[col] for row in table.rows] and "3.00x" in [row[col] for row in table.rows]

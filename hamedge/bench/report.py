@@ -27,6 +27,12 @@ def _mb(size: int | None) -> str:
     return "-" if not size else f"{size / 1e6:.1f}"
 
 
+def _vs_ort(entry: dict[str, Any] | None) -> str:
+    """Throughput against ONNX Runtime's at the same batch, mode and precision (fp32 for bf16)."""
+    ratio = (entry or {}).get("vs_onnxruntime")
+    return "-" if not ratio else f"{ratio:.2f}x"
+
+
 def accuracy_by_config(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{a['backend']}/{a['precision']}": a for a in results.get("accuracy", [])}
 
@@ -57,6 +63,7 @@ def summary_table(results: dict[str, Any]) -> TableData:
             _f(model.get("speedup")) + "x" if model and model.get("speedup") else "-",
             _f(e2e.get("speedup")) + "x" if e2e and e2e.get("speedup") else "-",
             _f(infer.get("speedup")) + "x" if infer and infer.get("speedup") else "-",
+            _vs_ort(model), _vs_ort(e2e),
             "-" if ok is None else ("yes" if ok else "NO: " + "; ".join(a.get("budget_failures", []))),
         ])
         flagged.append(ok is False)
@@ -64,9 +71,12 @@ def summary_table(results: dict[str, Any]) -> TableData:
         title=f"Summary (batch {batch})",
         columns=["configuration", "size MB", "mean AUC", "T(IoU=0.3)", "model ms/img",
                  "end-to-end ms/img", "model speed-up", "end-to-end speed-up",
-                 "infer pipeline speed-up", "within budget"],
+                 "infer pipeline speed-up", "model vs onnxruntime", "end-to-end vs onnxruntime",
+                 "within budget"],
         rows=rows, flagged=flagged,
         note=("speed-up = throughput / PyTorch eager throughput at the same batch size, same run; "
+              "vs onnxruntime = throughput / ONNX Runtime's at the same precision (fp32 for bf16 "
+              "and fp16), same run: above 1 this runtime is the faster one here; "
               "infer pipeline = hamedge infer's overlapped path against eager end-to-end"))
 
 
@@ -82,13 +92,14 @@ def latency_table(results: dict[str, Any]) -> TableData:
         p99 = _f(s["p99_ms"]) + ("" if s["samples"] >= P99_MIN_SAMPLES else "*")
         row = [name, e["mode"], str(e["batch"]), str(s["samples"]), _f(s["min_ms"]), _f(s["mean_ms"]),
                _f(s["median_ms"]), _f(s["p90_ms"]), _f(s["p95_ms"]), p99, _f(s["throughput"]),
-               "baseline" if e.get("baseline") else (_f(e.get("speedup")) + "x" if e.get("speedup") else "-")]
+               "baseline" if e.get("baseline") else (_f(e.get("speedup")) + "x" if e.get("speedup") else "-"),
+               _vs_ort(e)]
         if any_gpu:
             row += [_f(s.get("host_ms")), _f(s.get("device_ms"))]
         rows.append(row)
         flagged.append(acc.get(name, {}).get("within_budget") is False)
     columns = ["configuration", "mode", "batch", "samples", "min ms", "mean ms", "median ms",
-               "p90 ms", "p95 ms", "p99 ms", "img/s", "speed-up"]
+               "p90 ms", "p95 ms", "p99 ms", "img/s", "speed-up", "vs onnxruntime"]
     if any_gpu:
         columns += ["host ms", "device ms"]
     return TableData(
