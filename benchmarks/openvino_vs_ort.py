@@ -6,7 +6,7 @@ batch 1 and 8: median ms per call of hamedge's onnxruntime backend and of its op
 measured one right after the other, and their ratio. OpenVINO also runs the fp32 graph at bf16
 (where the CPU has it) and, as the yardstick, with OpenVINO's own defaults (no precision hint: it
 silently runs bf16 on AMX CPUs), called directly without hamedge. Each row also gives the largest
-probability difference from ONNX Runtime fp32 on the same random batch.
+probability difference from ONNX Runtime fp32 on the same batch of real (or synthetic) X-rays.
 
     .venv/bin/python benchmarks/openvino_vs_ort.py [--only default|resnet50] [--seconds S]
 
@@ -105,6 +105,27 @@ def raw_openvino(path: Path):
     return run, str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
 
+def input_batch(bundle, batch: int) -> tuple[np.ndarray, str]:
+    """Real chest X-rays (the NIH samples beside the checkout) preprocessed by the project's rule,
+    else synthetic ones from hamedge.synth: INT8 ranges were calibrated on X-rays, so random noise
+    would exaggerate INT8's probability differences."""
+    from hamedge.io import read_image
+    from hamedge.preprocess import preprocess_batch
+
+    nih = sorted((ROOT.parent / "shared" / "data" / "nih-samples" / "images").glob("*.png"))
+    if nih:
+        files, what = nih, "NIH sample X-rays"
+    else:
+        from hamedge import synth
+
+        folder = Path(tempfile.gettempdir()) / "hamedge-ov-bench-synth"
+        if not (folder / "dataset.json").is_file():
+            synth.generate(folder, 8, seed=0, size=512, overwrite=True, workers=1)
+        files, what = sorted((folder / "images").glob("*.png")), "synthetic X-rays (hamedge.synth)"
+    images = [read_image(files[i % len(files)]) for i in range(batch)]
+    return preprocess_batch(images, bundle.spec, bundle.graph.input_channels), what
+
+
 def measure_model(label: str, bundle, seconds: float, batches=(1, 8)) -> list[dict]:
     from hamedge.runtime.onnxruntime import OnnxRuntimeBackend
     from hamedge.runtime.openvino import OpenVINOBackend
@@ -113,8 +134,7 @@ def measure_model(label: str, bundle, seconds: float, batches=(1, 8)) -> list[di
     graphs = [("fp32", "model.onnx"), ("int8", "model.int8.onnx"), ("int8", "model.int8.cpu.onnx")]
     rows = []
     for batch in batches:
-        x = np.random.default_rng(0).standard_normal(
-            (batch, graph.input_channels, spec.input_size, spec.input_size)).astype(np.float32)
+        x, inputs = input_batch(bundle, batch)
         use = "latency" if batch == 1 else "throughput"
         with OnnxRuntimeBackend.from_graph(bundle.root / "model.onnx", spec, graph) as ref:
             reference = ref.run(x).class_probs
@@ -122,7 +142,7 @@ def measure_model(label: str, bundle, seconds: float, batches=(1, 8)) -> list[di
             if not bundle.has(rel):
                 continue
             path = bundle.root / rel
-            row = {"model": label, "graph": rel, "batch": batch}
+            row = {"model": label, "graph": rel, "batch": batch, "inputs": inputs}
             with OnnxRuntimeBackend.from_graph(path, spec, graph, precision) as ort_b:
                 row["ort_ms"], row["ort_calls"] = median_ms(lambda: ort_b.run(x), batch, seconds)
                 row["ort_max_prob_diff"] = float(np.abs(ort_b.run(x).class_probs - reference).max())
@@ -173,8 +193,9 @@ def write(rows: list[dict], meta: dict, tag: str) -> None:
              "- median ms per call; batch 1 with the LATENCY hint, batch 8 with THROUGHPUT "
              "(hamedge's folder runs); OpenVINO with an explicit precision (f32 for fp32 and INT8 "
              "float layers); 'OV default' = OpenVINO called directly with no hint; "
-             "max |dp| = largest class-probability difference from ONNX Runtime fp32 on the same "
-             "random batch.", "",
+             "max dp = largest class-probability difference from ONNX Runtime fp32 on the same "
+             f"batch ({rows[0]['inputs'] if rows else '-'}; on the random resnet50 they are "
+             "speed-only numbers).", "",
              "| model | graph | batch | ONNX Runtime ms | OpenVINO ms | ORT / OV | OV bf16 ms | "
              "OV default ms (precision) | max dp ORT | max dp OV | max dp OV bf16 | max dp OV default |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -126,3 +126,16 @@ def test_auto_picks_the_cpu_runtime_measured_faster(bundle, monkeypatch, tmp_pat
         assert "bf16" in str(exc)
     with open_backend(bundle, "auto", "fp32") as opened:
         assert opened.name in ("onnxruntime", "openvino") and opened.selection_reason
+
+
+def test_infer_prints_the_auto_choice_and_its_reason(bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from hamedge.cli import run_app
+
+    Image.fromarray(np.full((80, 70), 128, np.uint8)).save(tmp_path / "a.png")
+    code = run_app(["infer", str(tmp_path / "a.png"), "--model", str(bundle.root),
+                    "--out", str(tmp_path / "out"), "--heatmaps", "none"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "backend: " in err and "fastest CPU runtime" in err and "no TensorRT engine" in err

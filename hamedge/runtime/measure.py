@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-WARMUP = 2
-ITERATIONS = 7
+WARMUP = 1
+ITERATIONS = 5  # a first auto run on a large model should not take minutes
 
 
 @dataclass(frozen=True)

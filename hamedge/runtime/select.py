@@ -43,6 +43,8 @@ def resolve_backend(bundle, backend: str = AUTO, precision: str = "fp32",
     if record is not None:
         return "tensorrt", f"engine {record.plan} matches {gpu.name}, TensorRT {trt_version}"
     no_trt = "no TensorRT engine: " + "; ".join(reasons)
+    if (device or "").lower().startswith("gpu"):  # OpenVINO's name for an Intel GPU
+        return "openvino", f"--device {device} is an Intel GPU, which only OpenVINO runs; {no_trt}"
     if not probe or (device or "cpu").lower() not in ("cpu", AUTO):
         return "onnxruntime", no_trt
     return cpu_runtime(bundle, precision, no_trt)
