@@ -62,7 +62,7 @@ def default_bundle():
 def resnet50_bundle(work: Path):
     from hamedge.bundle import Bundle
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
     from hamedge.model.network import random_model
     from hamedge.spec import ModelSpec
 

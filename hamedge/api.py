@@ -52,7 +52,7 @@ def _build_bundle(checkpoint: Path, target: Path, int8: bool, int8_guard: bool, 
                            "bundle with --model DIR") from None
     import sys
 
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
 
     what = "fp32 + INT8" if int8 else "fp32"
     if log is None:

@@ -1,7 +1,7 @@
 """Test helpers for the runtime / pipeline / infer / api tests: a tiny exported bundle and a
 DICOM writer.
 
-A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.export and
+A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.graph and
 written with hamedge.bundle.BundleWriter (what `hamedge export` does, minus INT8 and engines).
 """
 
@@ -18,23 +18,23 @@ TINY_SPEC = ModelSpec(arch="resnet18", output_stride=32, input_size=64,
 
 
 def make_bundle(target: Path, spec: ModelSpec = TINY_SPEC, seed: int = 0, fold: bool = True,
-                full_res: bool = False, int8: bool = False, int8_forms=("cpu",)) -> Path:
-    """A tiny random-weight bundle; with ``int8`` the Q/DQ graphs named in ``int8_forms``:
+                full_res: bool = False, int8: bool = False, int8_targets=("cpu",)) -> Path:
+    """A tiny random-weight bundle; with ``int8`` the Q/DQ graphs named in ``int8_targets``:
     "cpu" (U8S8, model.int8.cpu.onnx) and/or "tensorrt" (symmetric S8S8, model.int8.onnx)."""
     import onnx
 
     from hamedge.bundle import BundleWriter
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.export import export_onnx
+    from hamedge.model.graph import export_onnx
     from hamedge.model.network import random_model
 
     model = random_model(spec, seed)
     exported = export_onnx(model, fold=fold, full_res=full_res, simplify=False)
     with BundleWriter(target, force=True) as writer:
         writer.write_bytes("model.onnx", exported.model.SerializeToString())
-        if int8 and "cpu" in int8_forms:
+        if int8 and "cpu" in int8_targets:
             writer.write_bytes("model.int8.cpu.onnx", _quantize(exported.model, spec, fold))
-        if int8 and "tensorrt" in int8_forms:
+        if int8 and "tensorrt" in int8_targets:
             writer.write_bytes("model.int8.onnx", _quantize(exported.model, spec, fold,
                                                             symmetric=True))
         save_checkpoint(model, spec, writer.path("weights.safetensors"))

@@ -29,7 +29,7 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 0.1}
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Bundle:
     root = make_bundle(tmp_path_factory.mktemp("conf") / "tiny.hamedge", int8=True,
-                       int8_forms=("cpu", "tensorrt"))
+                       int8_targets=("cpu", "tensorrt"))
     return Bundle.open(root)
 
 

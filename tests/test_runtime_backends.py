@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("rt") / "tiny.hamedge", int8=True,
-                       int8_forms=("cpu", "tensorrt"))
+                       int8_targets=("cpu", "tensorrt"))
 
 
 def test_runtime_and_onnxruntime_backend_do_not_import_torch(bundle_dir):

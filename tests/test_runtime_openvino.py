@@ -52,7 +52,7 @@ def test_device_names():
 def bundle(tmp_path_factory) -> Bundle:
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'hamedge[openvino]')")
     root = make_bundle(tmp_path_factory.mktemp("ov") / "tiny.hamedge", int8=True,
-                       int8_forms=("cpu", "tensorrt"))
+                       int8_targets=("cpu", "tensorrt"))
     return Bundle.open(root)
 
 

@@ -157,10 +157,10 @@ class OpenVINOBackend(Backend):
     # -- INT8: the faster of the bundle's two Q/DQ graphs ------------------------------------------
     @classmethod
     def _fastest_int8(cls, bundle, device, threads, use, cache) -> tuple[Path, object | None]:
-        from hamedge.bundle import GRAPH_FILES
+        from hamedge.bundle import INT8_GRAPHS
         from hamedge.runtime.measure import fastest
 
-        files = [GRAPH_FILES[k] for k in ("int8", "int8_cpu") if bundle.has(GRAPH_FILES[k])]
+        files = [rel for rel in INT8_GRAPHS.values() if bundle.has(rel)]
         if not files:
             return bundle.path_for("int8", "cpu"), None  # raises the bundle's one-line error
         if len(files) == 1:
