@@ -152,6 +152,7 @@ class OpenVINOBackend(Backend):
         self.input_name = graph.input_name
         self._request = self.compiled.create_infer_request()
         self._queue = None
+        self._in_flight: set[Future] = set()
         self._ov = ov
 
     # -- INT8: the faster of the bundle's two Q/DQ graphs ------------------------------------------
@@ -187,17 +188,21 @@ class OpenVINOBackend(Backend):
             self._queue.set_callback(self._done)
         return self._queue
 
-    def _done(self, request, userdata) -> None:
-        future, slot, parts = userdata
+    def _done(self, request, future: Future) -> None:
+        """OpenVINO's callback (its own thread): copy the outputs out of the request, which the
+        queue reuses as soon as this returns."""
         try:
-            result = self._outputs(request)
+            future.set_result(self._outputs(request))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
             future.set_exception(exc)
-            return
-        if parts is None:
-            future.set_result(result)
-        else:
-            parts[slot] = result
+        finally:
+            self._in_flight.discard(future)
+
+    def _start(self, batch: np.ndarray) -> Future:
+        future: Future = Future()
+        self._in_flight.add(future)
+        self._infer_queue().start_async({self.input_name: batch}, future)
+        return future
 
     def _run(self, batch: np.ndarray) -> RawOutputs:
         n = batch.shape[0]
@@ -205,27 +210,19 @@ class OpenVINOBackend(Backend):
             self._request.infer({self.input_name: batch})
             return self._outputs(self._request)
         # throughput: one chunk per parallel request, so every stream of the CPU plugin works
-        queue = self._infer_queue()
-        chunks = np.array_split(np.arange(n), min(n, len(queue)))
-        parts: list[RawOutputs | None] = [None] * len(chunks)
-        for slot, rows in enumerate(chunks):
-            queue.start_async({self.input_name: np.ascontiguousarray(batch[rows[0]:rows[-1] + 1])},
-                              (None, slot, parts))
-        queue.wait_all()
-        if any(p is None for p in parts):
-            raise HamedgeError("openvino: an infer request failed")
+        chunks = np.array_split(batch, min(n, len(self._infer_queue())))
+        parts = [f.result() for f in [self._start(np.ascontiguousarray(c)) for c in chunks]]
         return RawOutputs(*(np.concatenate([getattr(p, k) for p in parts]) for k in OUTPUT_NAMES),
                           self.heatmaps_refined)
 
     def submit(self, batch: np.ndarray) -> Future:
         """Start ``batch`` on a free infer request and return a Future of its RawOutputs at once:
         the caller decodes or writes meanwhile. Futures complete in OpenVINO's callback thread."""
-        batch = self._checked(batch)
-        future: Future = Future()
-        self._infer_queue().start_async({self.input_name: batch}, (future, 0, None))
-        return future
+        return self._start(self._checked(batch))
 
     def _close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
+        # wait for what is in flight through its futures (AsyncInferQueue.wait_all was seen to
+        # hang at close in a process that had other OpenVINO and ONNX Runtime sessions open)
+        for future in list(self._in_flight):
+            future.exception()
         self._queue = self._request = self.compiled = None
