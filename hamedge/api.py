@@ -28,11 +28,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "default_model
 
 
 def cache_dir() -> Path:
-    """Where bundles built from checkpoints are kept: $HAMEDGE_CACHE, else the user cache dir."""
-    if os.environ.get("HAMEDGE_CACHE"):
-        return Path(os.environ["HAMEDGE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hamedge"
+    """Where bundles built from checkpoints are kept (hamedge.cache's root)."""
+    from hamedge.cache import cache_root
+
+    return cache_root()
 
 
 def _sha256(path: Path) -> str:
@@ -41,8 +40,9 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _build_bundle(checkpoint: Path, target: Path) -> None:
-    """Export a checkpoint into a bundle at ``target`` (needs torch and onnx)."""
+def _build_bundle(checkpoint: Path, target: Path, int8: bool, int8_guard: bool, log) -> None:
+    """Export a checkpoint into a bundle at ``target`` (needs torch and onnx), as `hamedge export`
+    does; with ``int8`` also the calibrated INT8 graphs (guarded unless ``int8_guard`` is False)."""
     try:
         import torch  # noqa: F401
         import onnx  # noqa: F401
@@ -54,13 +54,23 @@ def _build_bundle(checkpoint: Path, target: Path) -> None:
 
     from hamedge.export import ExportOptions, export_bundle
 
-    print(f"exporting {checkpoint.name} to a bundle once (cached in {target})", file=sys.stderr)
-    export_bundle(checkpoint, ExportOptions(out=target, force=True), log=lambda *_: None)
+    what = "fp32 + INT8" if int8 else "fp32"
+    if log is None:
+        print(f"exporting {checkpoint.name} ({what}) to a bundle once (cached in {target})",
+              file=sys.stderr)
+    else:
+        log(f"exporting {checkpoint.name} ({what}) to {target} once; later runs reuse it")
+    export_bundle(checkpoint, ExportOptions(out=target, force=True, int8=int8, guard=int8_guard),
+                  log=log or (lambda *_: None))
 
 
-def resolve_bundle(model: str | os.PathLike | None = None):
+def resolve_bundle(model: str | os.PathLike | None = None, *, int8: bool = False,
+                   int8_guard: bool = True, cache: str | os.PathLike | None = None, log=None):
     """A verified Bundle from a bundle directory, a .safetensors checkpoint (exported once and
-    cached by its sha256) or None (the packaged demo model, likewise)."""
+    cached by its sha256) or None (the packaged demo model, likewise). ``int8``: the cached
+    export has the INT8 graphs too (``int8_guard`` False: exported even outside the accuracy
+    budget, for measuring it); ``cache``: another cache root than hamedge.cache's; ``log``: where
+    the one-time export reports (default: a line on stderr)."""
     from hamedge.bundle import Bundle
 
     if model is not None and Path(model).is_dir():
@@ -74,9 +84,17 @@ def resolve_bundle(model: str | os.PathLike | None = None):
     if checkpoint.suffix.lower() != ".safetensors":
         raise BundleError(f"{checkpoint} is neither a bundle folder nor a .safetensors checkpoint "
                           "(export reference .pth checkpoints with `hamedge export`)")
-    target = cache_dir() / "bundles" / _sha256(checkpoint)[:32]
-    if not (target / "checksums").is_file():
-        _build_bundle(checkpoint, target)
+    from hamedge.cache import cache_root
+
+    key = _sha256(checkpoint)[:32] + ("-int8" if int8 else "")
+    target = cache_root(cache) / "bundles" / key
+    if (target / "checksums").is_file():
+        try:
+            return Bundle.open(target)
+        except BundleError:
+            if log is not None:
+                log(f"cached bundle {target} is unusable; exporting again")
+    _build_bundle(checkpoint, target, int8, int8_guard, log)
     return Bundle.open(target)
 
 
@@ -140,7 +158,9 @@ class Model:
 def load(bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
          device: str | None = None, **opts) -> Model:
     """Open a model for prediction: a bundle folder, a .safetensors checkpoint, or None for the
-    packaged demo model. ``backend``: auto | onnxruntime | tensorrt | torch."""
+    packaged demo model. ``backend``: "auto" or a name of hamedge.runtime.backend_names();
+    ``precision``: one that backend's class lists in ``precisions``; ``opts``: the backend's own
+    keyword options (a misspelt one is refused)."""
     from hamedge.runtime import open_backend
 
     opened = resolve_bundle(bundle)

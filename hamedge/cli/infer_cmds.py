@@ -15,6 +15,7 @@ import typer
 
 from hamedge.cli.app import app
 from hamedge.errors import HamedgeError
+from hamedge.runtime.registry import help_text as backend_help, precision_help
 
 DEFAULT_OUT = "hamedge-out"
 
@@ -43,9 +44,9 @@ def infer(
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help=f"Results folder (default ./{DEFAULT_OUT}; with --json "
                                             "and no --out nothing is written)."),
-    backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt | torch"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the backend's choice)"),
+    backend: str = typer.Option("auto", help=backend_help()),
+    precision: str = typer.Option("fp32", help=precision_help()),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | gpu (default: the backend's choice)"),
     batch: int = typer.Option(8, "--batch", "-b", help="Images per batch (the last may be smaller)."),
     workers: int = typer.Option(2, help="Reader threads (reading + preprocessing)."),
     glob: Optional[str] = typer.Option(None, help="Only files whose path matches, e.g. '*.dcm'."),
@@ -79,7 +80,10 @@ def infer(
     if missing:  # before resolve_bundle, which may export the demo model first
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
-    with open_backend(bundle, backend, precision, device) as runner:
+    with open_backend(bundle, backend, precision, device, use="throughput") as runner:
+        if backend == "auto" and not quiet:
+            console.print(f"backend: {runner.description} ({runner.selection_reason})",
+                          highlight=False, soft_wrap=True)
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:

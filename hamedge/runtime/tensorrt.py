@@ -14,6 +14,7 @@ maximum batch, so the captured addresses never change.
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -267,10 +268,14 @@ def _cuda_api():
 # -- the backend ---------------------------------------------------------------------------------
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    devices = ("cuda",)
+    requires = ("tensorrt",)
+    install_hint = "TensorRT and cuda-python on a machine with an NVIDIA GPU; or --backend onnxruntime"
 
     def __init__(self, bundle, precision: str = "fp16", device: str | None = None,
-                 max_batch: int | None = None, build: bool = True, cuda_graphs: bool = True,
-                 **_ignored) -> None:
+                 max_batch: int | None = None, build: bool = True, cuda_graphs: bool = True) -> None:
+        self.check_precision(precision)
         try:
             import tensorrt as trt
         except ImportError:
@@ -294,7 +299,8 @@ class TensorRTBackend(Backend):
         self.context = self.engine.create_execution_context()
         graph = bundle.graph
         super().__init__(bundle.spec, graph.input_channels, precision, f"cuda ({gpu.name})",
-                         heatmaps_refined=graph.heatmaps == "refined", max_batch=record.max_batch)
+                         heatmaps_refined=graph.heatmaps == "refined", max_batch=record.max_batch,
+                         artifact=bundle.engine_path(record))
         self.input_name = graph.input_name
         io = []
         for i in range(self.engine.num_io_tensors):
@@ -332,6 +338,7 @@ class TensorRTBackend(Backend):
         if self._shape_batch != b:
             self.context.set_input_shape(self.input_name, (b, *self.plans[self.input_name].shape[1:]))
             self._shape_batch = b
+        start = time.perf_counter()  # device time: enqueue (or graph launch) to the stream's end
         if not self.use_graphs:
             self._enqueue(b)
         elif b in self._graphs:
@@ -344,6 +351,7 @@ class TensorRTBackend(Backend):
             self._graphs[b] = self.cuda.end_capture()
             self.cuda.launch(self._graphs[b][0])
         self.cuda.synchronize()
+        self._inference_time = time.perf_counter() - start
         out = {n: np.array(self._host[n][:b], dtype=np.float32) for n in OUTPUT_NAMES}
         return RawOutputs(out["class_probs"], out["anomaly_prob"], out["attention_maps"],
                           self.heatmaps_refined)

@@ -7,11 +7,11 @@ engine is refused with one line. No tensorrt import here: everything is tested w
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hamedge.cache import cache_root
 from hamedge.errors import BundleError, HamedgeError
 
 
@@ -60,6 +60,4 @@ def check_engine_compatible(record, gpu, trt_version: str) -> None:
 
 def timing_cache_path(gpu_name: str, trt_version: str) -> Path:
     """Per-GPU, per-version timing cache outside the bundle (a cache, not an artefact)."""
-    base = os.environ.get("HAMEDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hamedge")
-    return Path(base) / "trt" / f"{slug(gpu_name)}_trt{slug(trt_version)}.timing-cache"
+    return cache_root() / "trt" / f"{slug(gpu_name)}_trt{slug(trt_version)}.timing-cache"
