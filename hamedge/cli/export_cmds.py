@@ -53,9 +53,11 @@ def export(
     workspace_mib: int = typer.Option(2048, "--workspace-mib", help="TensorRT workspace limit."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson DLA core to build for."),
     fused_plugin: bool = typer.Option(False, "--fused-plugin",
-                                      help="Also write model.plugin.onnx (fused refinement plugin)."),
-    torch_tensorrt: bool = typer.Option(False, "--torch-tensorrt",
-                                        help="Also compile with torch-tensorrt (if installed)."),
+                                      help="Also write model.plugin.onnx (fused refinement plugin) "
+                                           "and, with --engine, build fp16/fp32 engines with it."),
+    plugin_library: Optional[Path] = typer.Option(
+        None, "--plugin-library", help="The C++ FusedRefine plugin library for those engines "
+                                       "(default: $HAMEDGE_FUSED_PLUGIN_LIB, else tensorrt.plugin)."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle: ONNX, INT8, TensorRT engines."""
     from hamedge.model.export import ExportOptions, export_bundle
@@ -70,7 +72,7 @@ def export(
         max_auc_drop=max_auc_drop, max_tiou_drop=max_tiou_drop, engine=engine,
         engine_precisions=precisions, min_batch=min_batch, opt_batch=opt_batch,
         max_batch=max_batch, workspace_mib=workspace_mib, dla_core=dla_core,
-        fused_plugin=fused_plugin, torch_tensorrt=torch_tensorrt)
+        fused_plugin=fused_plugin, plugin_library=plugin_library)
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise HamedgeError("batch profile needs 1 <= --min-batch <= --opt-batch <= --max-batch")
     export_bundle(checkpoint, opts, log=lambda line: typer.echo(line, err=True))

@@ -255,7 +255,7 @@ class ExportOptions:
     workspace_mib: int = 2048
     dla_core: int | None = None
     fused_plugin: bool = False
-    torch_tensorrt: bool = False
+    plugin_library: Any = None  # the C++ FusedRefine library; None: $HAMEDGE_FUSED_PLUGIN_LIB
 
 
 def _versions() -> dict[str, str]:
@@ -367,8 +367,6 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
         f"{time.perf_counter() - start:.1f} s")
     if opts.engine:
         _engines(bundle, opts, log)
-    if opts.torch_tensorrt:
-        _torch_tensorrt(bundle, model, opts, log)
     return bundle
 
 
@@ -436,28 +434,41 @@ def _engines(bundle, opts: ExportOptions, log) -> None:
     from hamedge.errors import BackendUnavailable
     from hamedge.trt import build_engine
 
-    for precision in opts.engine_precisions:
+    jobs = [(precision, None) for precision in opts.engine_precisions]
+    if opts.fused_plugin and bundle.plugin_graph_path is not None:
+        kind = _fused_plugin_kind(opts.plugin_library)
+        if kind is None:
+            log("engine with the fused plugin: not built (neither tensorrt.plugin with Triton nor "
+                "the plugin library is available here; see hamedge/ops/csrc/README.md)")
+        else:
+            jobs += [(p, kind) for p in opts.engine_precisions if p in ("fp32", "fp16")]
+    for precision, plugin in jobs:
+        label = f"{precision}{' + fused plugin (' + plugin + ')' if plugin else ''}"
         if precision == "int8" and "int8" not in bundle.precisions:
             log("engine int8: skipped (bundle has no INT8 graph; export with --int8)")
             continue
         try:
             record = build_engine(bundle, precision=precision, min_batch=opts.min_batch,
                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch,
-                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core)
+                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core,
+                                  fused_plugin=plugin, plugin_library=opts.plugin_library)
         except BackendUnavailable as exc:
-            log(f"engine {precision}: not built: {exc} (the rest of the bundle is complete)")
-            return
-        log(f"engine {precision}: engines/{record.plan}")
+            log(f"engine {label}: not built: {exc} (the rest of the bundle is complete)")
+            if plugin is None:
+                return
+            continue
+        log(f"engine {label}: engines/{record.plan}")
 
 
-def _torch_tensorrt(bundle, model, opts: ExportOptions, log) -> None:
+def _fused_plugin_kind(library) -> str | None:
+    """Which form of hamedge::FusedRefine an engine can be built with here: the C++ library when
+    one is given or found, else the tensorrt.plugin definition, else None."""
     from hamedge.errors import BackendUnavailable
-    from hamedge.trt.torch_trt import compile_to_bundle
+    from hamedge.ops import trt_plugin
 
     try:
-        record = compile_to_bundle(bundle, model, min_batch=opts.min_batch,
-                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch)
-    except BackendUnavailable as exc:
-        log(f"torch-tensorrt: not built: {exc}")
-        return
-    log(f"torch-tensorrt: engines/{record.plan}")
+        trt_plugin.library_path(library)
+        return "library"
+    except BackendUnavailable:
+        pass
+    return "python" if trt_plugin.plugin_available()[0] else None
