@@ -345,6 +345,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             else:
                 log("fused plugin: hamedge.ops.onnx_plugin is not available; model.plugin.onnx "
                     "not written")
+        tensorrt_compat = _tensorrt_compat(writer, log)
         provenance = {
             "checkpoint": ckpt.name,
             "checkpoint_sha256": ckpt_sha,
@@ -360,6 +361,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             "int8": None if calibration is None else {
                 "method": calibration["method"], "passed": calibration["passed"],
                 "excluded_nodes": len(calibration["excluded_nodes"])},
+            "tensorrt_compat": tensorrt_compat,
         }
         writer.write_spec(spec, exported.graph, provenance)
         bundle = writer.commit()
@@ -420,6 +422,20 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
         calib_set.source = (f"hamedge.synth seed {SYNTH_CALIB_SEED}, {opts.calib_count} images, "
                             f"{synth_size(spec)} px")
     return calib_set, val_set, opts_info
+
+
+def _tensorrt_compat(writer, log) -> dict:
+    """Each TensorRT graph of the bundle against the ONNX parsers of TensorRT 8.5, 10.3 and 11
+    (hamedge.trt.compat), printed per version; the result goes into spec.json."""
+    from hamedge.bundle import GRAPH_FILES, PLUGIN_GRAPH
+    from hamedge.trt.compat import check_graphs, summary_lines
+
+    paths = [writer.path(rel) for rel in (GRAPH_FILES["fp32"], GRAPH_FILES["int8"], PLUGIN_GRAPH)
+             if writer.path(rel).exists()]
+    results = check_graphs(paths)
+    for line in summary_lines(results):
+        log(line)
+    return results
 
 
 def _plugin_graph(exported: ExportedGraph, spec: ModelSpec):
