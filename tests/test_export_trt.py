@@ -3,8 +3,6 @@ API handling (10.x flags vs 11.x strongly typed) checked against fake tensorrt m
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
 from hamedge.bundle import Bundle, BundleWriter, EngineRecord, GraphInfo

@@ -283,3 +283,18 @@ def test_python_plugin_engines_ask_for_the_aot_implementation(line, bit):
 def test_trt85_network_is_explicit_batch_only():
     trt, _ = fake_tensorrt("8.5")
     assert network_flags(trt, features(trt), python_plugin=True) == 1 << 0
+
+
+def test_tensorrt_packages_import_in_one_direction():
+    """hamedge.trt never imports the runtime backend (the backend imports hamedge.trt)."""
+    import ast
+    from pathlib import Path
+
+    import hamedge.trt
+
+    for path in Path(hamedge.trt.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("hamedge.runtime") for n in names), (path.name, names)
