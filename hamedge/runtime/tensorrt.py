@@ -172,7 +172,7 @@ class TensorRTBackend(Backend):
                 self.cuda.abort_capture()
                 raise
             self._graphs[batch] = self.cuda.end_capture()
-        except HamedgeError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure under capture: fall back, once
             self.cuda.abort_capture()
             self.use_graphs = False
             warnings.warn(f"tensorrt: CUDA graph capture failed ({exc}); enqueuing without graphs",
