@@ -123,7 +123,13 @@ class TensorRTBackend(Backend):
             if plugin is not None:  # the plan names hamedge::FusedRefine: its creator first
                 from hamedge.ops import trt_plugin
 
-                trt_plugin.load(plugin, trt, plugin_library)
+                try:
+                    trt_plugin.load(plugin, trt, plugin_library)
+                except BackendUnavailable:
+                    # An AOT Python plugin's plan carries its kernel: it runs without the
+                    # definitions (and without Triton); a JIT one or the library cannot.
+                    if record.extra.get("plugin_loaded") != "python (aot)":
+                        raise
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
             if record.dla_core is not None:

@@ -186,6 +186,8 @@ def build_engine(bundle, precision: str = "fp16", min_batch: int = 1, opt_batch:
         from hamedge.ops import trt_plugin
 
         plugin_loaded = trt_plugin.load(fused_plugin, trt, plugin_library)
+        if fused_plugin == "python":  # AOT: the plan carries the kernel, no Python at run time
+            plugin_loaded = "python (aot)" if trt_plugin.aot_available()[0] else "python (jit)"
     network = builder.create_network(network_flags(trt, feats, python_plugin=fused_plugin == "python"))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
