@@ -298,3 +298,27 @@ def test_tensorrt_packages_import_in_one_direction():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.startswith("hamedge.runtime") for n in names), (path.name, names)
+
+
+@pytest.mark.parametrize("aot", [True, False])
+def test_python_plugin_engines_need_the_definitions_only_when_jit(bundle, monkeypatch, aot):
+    from hamedge.ops import trt_plugin
+
+    trt, calls = fake_tensorrt("10.13")
+    use_gpu(monkeypatch, trt, FakeCudart(12))
+    monkeypatch.setattr(trt_plugin, "load", lambda kind, trt, library=None: kind)
+    monkeypatch.setattr(trt_plugin, "aot_available", lambda: (aot, ""))
+    rec = build_engine(bundle, "fp16", fused_plugin="python", trt=trt, gpu=ORIN)
+    assert calls["network_flags"] & (1 << 3)  # PREFER_AOT_PYTHON_PLUGINS on 10.13
+    assert rec.extra["plugin_loaded"] == f"python ({'aot' if aot else 'jit'})"
+
+    def unavailable(kind, trt, library=None):
+        raise BackendUnavailable("FusedRefine TensorRT plugin: Triton is not installed")
+
+    monkeypatch.setattr(trt_plugin, "load", unavailable)
+    if aot:
+        with open_trt(bundle, precision="fp16", fused_plugin=True) as backend:
+            assert backend.record == rec
+    else:
+        with pytest.raises(BackendUnavailable, match="Triton"):
+            open_trt(bundle, precision="fp16", fused_plugin=True)
