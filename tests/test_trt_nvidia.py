@@ -322,3 +322,17 @@ def test_python_plugin_engines_need_the_definitions_only_when_jit(bundle, monkey
     else:
         with pytest.raises(BackendUnavailable, match="Triton"):
             open_trt(bundle, precision="fp16", fused_plugin=True)
+
+
+# -- 2: ShapeExpr has no __int__ ------------------------------------------------------------------
+def test_static_dim_reads_shape_exprs_without_int():
+    from hamedge.ops.trt_plugin import static_dim
+    from trt_fakes import FakeShapeExpr
+
+    with pytest.raises(TypeError):
+        int(FakeShapeExpr(16))  # what the AOT implementation used to do
+    assert static_dim(FakeShapeExpr(16), "map height") == 16
+    with pytest.raises(ValueError, match="static map width"):
+        static_dim(FakeShapeExpr(None), "map width")
+    with pytest.raises(ValueError, match="static"):
+        static_dim(FakeShapeExpr(fake=True), "map width")

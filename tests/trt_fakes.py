@@ -480,3 +480,31 @@ class FakePyCudaDriver:
 
     def memcpy_dtoh_async(self, dst, src, stream):
         self._need_context("memcpy_dtoh_async")
+
+
+# -- tensorrt.plugin -------------------------------------------------------------------------------
+class FakeShapeExpr:
+    """tensorrt.plugin.ShapeExpr (python/packaging/bindings_wheel/tensorrt/plugin/_tensor.py,
+    NVIDIA/TensorRT release/10.9 to 11.1): no __int__; ``is_constant`` is a property,
+    ``constant_value()`` a method that raises RuntimeError when not constant; a "fake" one
+    (outside a shape context) raises on ``is_constant`` too."""
+
+    def __init__(self, value: int | None = None, fake: bool = False) -> None:
+        self._value, self._fake = value, fake
+
+    @property
+    def is_fake(self) -> bool:
+        return self._fake
+
+    @property
+    def is_constant(self) -> bool:
+        if self._fake:
+            raise RuntimeError("Not accessible for fake 'ShapeExpr's. Check is_fake to determine "
+                               "accessibility.")
+        return self._value is not None
+
+    def constant_value(self) -> int:
+        if not self.is_constant:
+            raise RuntimeError("Not accessible for non-constant shape expressions. Check "
+                               "is_constant to determine accessibility.")
+        return self._value
