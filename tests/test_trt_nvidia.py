@@ -336,3 +336,38 @@ def test_static_dim_reads_shape_exprs_without_int():
         static_dim(FakeShapeExpr(None), "map width")
     with pytest.raises(ValueError, match="static"):
         static_dim(FakeShapeExpr(fake=True), "map width")
+
+
+# -- 1: the plugin's type hints are classes, as tensorrt.plugin's checks need ---------------------
+def test_plugin_definitions_carry_real_type_hints():
+    """What tensorrt.plugin's _validate.py does first (release/10.6 to 11.1): read each hint with
+    inspect.signature() and issubclass() it; strings (a __future__ import) raise TypeError."""
+    from hamedge.ops import trt_plugin
+
+    class TensorDesc:
+        pass
+
+    class Tensor:
+        pass
+
+    seen = []
+
+    def checking(kind):
+        def decorator_factory(plugin_id):
+            def decorator(func):
+                for param in inspect.signature(func).parameters.values():
+                    hint = param.annotation
+                    args = getattr(hint, "__args__", None) or (hint,)
+                    for arg in args:
+                        assert not isinstance(arg, str), f"{kind} {param.name}: string hint {arg!r}"
+                        issubclass(arg, object)
+                seen.append(kind)
+                return func
+            return decorator
+        return decorator_factory
+
+    trtp = types.SimpleNamespace(TensorDesc=TensorDesc, Tensor=Tensor, KernelLaunchParams=object,
+                                 SymIntExprs=object, register=checking("register"),
+                                 impl=checking("impl"), aot_impl=checking("aot_impl"))
+    trt_plugin.define(trtp, types.SimpleNamespace(float16="half"), aot=True)
+    assert seen == ["register", "aot_impl", "impl"]
