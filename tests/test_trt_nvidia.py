@@ -302,7 +302,7 @@ def test_tensorrt_packages_import_in_one_direction():
 
 @pytest.mark.parametrize("aot", [True, False])
 def test_python_plugin_engines_need_the_definitions_only_when_jit(bundle, monkeypatch, aot):
-    from hamedge.ops import trt_plugin
+    from hamedge.kernels import trt_plugin
 
     trt, calls = fake_tensorrt("10.13")
     use_gpu(monkeypatch, trt, FakeCudart(12))
@@ -326,7 +326,7 @@ def test_python_plugin_engines_need_the_definitions_only_when_jit(bundle, monkey
 
 # -- 2: ShapeExpr has no __int__ ------------------------------------------------------------------
 def test_static_dim_reads_shape_exprs_without_int():
-    from hamedge.ops.trt_plugin import static_dim
+    from hamedge.kernels.trt_plugin import static_dim
     from trt_fakes import FakeShapeExpr
 
     with pytest.raises(TypeError):
@@ -342,7 +342,7 @@ def test_static_dim_reads_shape_exprs_without_int():
 def test_plugin_definitions_carry_real_type_hints():
     """What tensorrt.plugin's _validate.py does first (release/10.6 to 11.1): read each hint with
     inspect.signature() and issubclass() it; strings (a __future__ import) raise TypeError."""
-    from hamedge.ops import trt_plugin
+    from hamedge.kernels import trt_plugin
 
     class TensorDesc:
         pass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hamedge.ops import trt_plugin
+from hamedge.kernels import trt_plugin
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # NVIDIA's docstrings
 PLUGIN_PKG = "python/packaging/bindings_wheel/tensorrt/plugin"

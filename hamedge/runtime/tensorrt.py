@@ -121,7 +121,7 @@ class TensorRTBackend(Backend):
         with self.cuda.activate():
             plugin = record_plugin(record)
             if plugin is not None:  # the plan names hamedge::FusedRefine: its creator first
-                from hamedge.ops import trt_plugin
+                from hamedge.kernels import trt_plugin
 
                 try:
                     trt_plugin.load(plugin, trt, plugin_library)

@@ -183,7 +183,7 @@ def build_engine(bundle, precision: str = "fp16", min_batch: int = 1, opt_batch:
                                  f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     plugin_loaded = None
     if fused_plugin is not None:  # the parser maps the FusedRefine node to a registered creator
-        from hamedge.ops import trt_plugin
+        from hamedge.kernels import trt_plugin
 
         plugin_loaded = trt_plugin.load(fused_plugin, trt, plugin_library)
         if fused_plugin == "python":  # AOT: the plan carries the kernel, no Python at run time

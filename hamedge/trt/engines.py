@@ -144,7 +144,7 @@ def check_engine_compatible(record, gpu, trt_version: str) -> None:
 
 def record_plugin(record) -> str | None:
     """The fused-refinement plugin an engine needs loaded before it is deserialised: "python"
-    (tensorrt.plugin definitions, hamedge.ops.trt_plugin), "library" (the C++ plugin library), or
+    (tensorrt.plugin definitions, hamedge.kernels.trt_plugin), "library" (the C++ plugin library), or
     None for engines built from a standard-op graph."""
     kind = (record.extra or {}).get("fused_plugin")
     if kind is None and record.onnx_file == PLUGIN_GRAPH:

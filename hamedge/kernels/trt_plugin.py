@@ -1,13 +1,13 @@
 """FusedRefine as a Python-defined TensorRT plugin (``tensorrt.plugin``, TensorRT >= 10.6).
 
 - ``@trtp.register("hamedge::FusedRefine")``: shape/type function (B, K, h, w) -> (B, K, H, W).
-- ``@trtp.aot_impl`` (TensorRT >= 10.9): the Triton kernel (hamedge.ops.triton_refine) compiled
+- ``@trtp.aot_impl`` (TensorRT >= 10.9): the Triton kernel (hamedge.kernels.triton_refine) compiled
   to PTX for the builder's GPU; the engine then runs without Python (trtexec can run it).
 - ``@trtp.impl``: JIT fallback that launches the same Triton kernel through torch at run time.
 
 Everything is imported lazily: importing this module needs neither TensorRT nor Triton.
 ``register()`` defines the plugin once, in the process that builds or runs the engine. Do not
-also load the C++ plugin library (hamedge/ops/csrc) there: both claim hamedge::FusedRefine v1.
+also load the C++ plugin library (hamedge/kernels/csrc) there: both claim hamedge::FusedRefine v1.
 
 No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the definitions' type
 hints with ``inspect.signature()`` and calls ``issubclass()`` on them (plugin/_validate.py,
@@ -77,7 +77,7 @@ def compile_ptx(h: int, w: int, H: int, W: int, gain: float, center: float, n_ma
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from hamedge.ops.triton_refine import NUM_WARPS, fused_refine_kernel, launch_config
+    from hamedge.kernels.triton_refine import NUM_WARPS, fused_refine_kernel, launch_config
 
     kind = {"fp32": "float32", "fp16": "float16"}[out_dtype]
     consts, parts = launch_config(n_maps_hint, h, w, H, W, gain, center, out_kind=kind)
@@ -167,7 +167,7 @@ def define(trtp, trt, aot: bool) -> None:
                          zero_range: float, outputs: Tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
-        from hamedge.ops.triton_refine import triton_refine
+        from hamedge.kernels.triton_refine import triton_refine
 
         x = torch.as_tensor(cams, device="cuda")
         y = torch.as_tensor(outputs[0], device="cuda")
@@ -182,7 +182,7 @@ LIBRARY_NAME = "libhamedge_fused_refine.so"
 
 def library_path(explicit=None) -> Path:
     """The C++ plugin library: ``explicit``, else $HAMEDGE_FUSED_PLUGIN_LIB, else the CMake build
-    folder beside its sources (hamedge/ops/csrc/build)."""
+    folder beside its sources (hamedge/kernels/csrc/build)."""
     candidates = [explicit, os.environ.get(LIBRARY_ENV),
                   Path(__file__).resolve().parent / "csrc" / "build" / LIBRARY_NAME]
     for candidate in candidates:
@@ -191,7 +191,7 @@ def library_path(explicit=None) -> Path:
     from hamedge.errors import BackendUnavailable
 
     raise BackendUnavailable(f"the FusedRefine plugin library ({LIBRARY_NAME}) was not found; "
-                             f"build it (hamedge/ops/csrc/README.md) and set {LIBRARY_ENV}")
+                             f"build it (hamedge/kernels/csrc/README.md) and set {LIBRARY_ENV}")
 
 
 def load(kind: str, trt, library=None) -> str:
