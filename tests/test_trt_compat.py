@@ -84,7 +84,7 @@ def test_plugin_node_needs_tensorrt_10():
 
 def test_exported_graphs_pass_every_parser_and_are_recorded(tmp_path):
     pytest.importorskip("torch")
-    from hamedge.model.export import export_onnx
+    from hamedge.model.graph import export_onnx
     from hamedge.model.network import random_model
     from hamedge.kernels.onnx_plugin import add_fused_plugin_node
     from hamedge.spec import ModelSpec
