@@ -202,10 +202,10 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
 def _tensorrt_compat(writer, log) -> dict:
     """Each TensorRT graph of the bundle against the ONNX parsers of TensorRT 8.5, 10.3 and 11
     (hamedge.trt.compat), printed per version; the result goes into spec.json."""
-    from hamedge.bundle import GRAPH_FILES, PLUGIN_GRAPH
+    from hamedge.bundle import FP32_GRAPH, INT8_GRAPHS, PLUGIN_GRAPH
     from hamedge.trt.compat import check_graphs, summary_lines
 
-    paths = [writer.path(rel) for rel in (GRAPH_FILES["fp32"], GRAPH_FILES["int8"], PLUGIN_GRAPH)
+    paths = [writer.path(rel) for rel in (FP32_GRAPH, INT8_GRAPHS["tensorrt"], PLUGIN_GRAPH)
              if writer.path(rel).exists()]
     results = check_graphs(paths)
     for line in summary_lines(results):
