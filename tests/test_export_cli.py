@@ -156,4 +156,8 @@ def test_fused_plugin_graph_is_an_extra_tensorrt_only_graph(ckpt, tmp_path):
     m = onnx.load(str(b.plugin_graph_path))
     assert [n.domain for n in m.graph.node if n.op_type == "FusedRefine"] == ["hamedge"]
     assert b.provenance["plugin_graph"]["heatmaps"] == "refined"
+    compat = b.provenance["tensorrt_compat"]  # the static parser check, per graph and version
+    assert set(compat) == {"model.onnx", "model.plugin.onnx"}
+    assert set(compat["model.onnx"]) == {"8.5", "10.3", "11"} and compat["model.onnx"]["10.3"]["ok"]
+    assert not compat["model.plugin.onnx"]["8.5"]["ok"] and compat["model.plugin.onnx"]["11"]["ok"]
     assert not any(n.op_type == "FusedRefine" for n in onnx.load(str(b.path_for("fp32"))).graph.node)

@@ -1,5 +1,6 @@
 """The `hamedge export` flow: checkpoint -> a verified bundle (ONNX, parity with torch, optional
-INT8 Q/DQ graphs with their accuracy guard, optional TensorRT engines and torch-tensorrt).
+INT8 Q/DQ graphs with their accuracy guard, the static TensorRT parser check, optional TensorRT
+engines).
 
 It orchestrates the layers below it and decides nothing they own: the graph is
 hamedge.model.graph's, the numbers of parity are hamedge.compare's, INT8 is calibration's, engines
@@ -119,6 +120,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             writer.write_bytes(PLUGIN_GRAPH, plugin.SerializeToString())
             log(f"fused plugin: {PLUGIN_GRAPH} written (hamedge::FusedRefine node; TensorRT "
                 "with the plugin loaded only)")
+        tensorrt_compat = _tensorrt_compat(writer, log)
         provenance = {
             "checkpoint": ckpt.name,
             "checkpoint_sha256": ckpt_sha,
@@ -134,6 +136,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             "int8": None if calibration is None else {
                 "method": calibration["method"], "passed": calibration["passed"],
                 "excluded_nodes": len(calibration["excluded_nodes"])},
+            "tensorrt_compat": tensorrt_compat,
         }
         writer.write_spec(spec, exported.graph, provenance)
         bundle = writer.commit()
@@ -141,8 +144,6 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
         f"{time.perf_counter() - start:.1f} s")
     if opts.engine:
         _engines(bundle, opts, log)
-    if opts.torch_tensorrt:
-        _torch_tensorrt(bundle, model, opts, log)
     return bundle
 
 
@@ -198,32 +199,59 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
     return calib_set, val_set, opts_info
 
 
+def _tensorrt_compat(writer, log) -> dict:
+    """Each TensorRT graph of the bundle against the ONNX parsers of TensorRT 8.5, 10.3 and 11
+    (hamedge.trt.compat), printed per version; the result goes into spec.json."""
+    from hamedge.bundle import FP32_GRAPH, INT8_GRAPHS, PLUGIN_GRAPH
+    from hamedge.trt.compat import check_graphs, summary_lines
+
+    paths = [writer.path(rel) for rel in (FP32_GRAPH, INT8_GRAPHS["tensorrt"], PLUGIN_GRAPH)
+             if writer.path(rel).exists()]
+    results = check_graphs(paths)
+    for line in summary_lines(results):
+        log(line)
+    return results
+
+
 def _engines(bundle, opts: ExportOptions, log) -> None:
     from hamedge.errors import BackendUnavailable
     from hamedge.trt import build_engine
 
-    for precision in opts.engines_to_build():
+    jobs = [(precision, None) for precision in opts.engines_to_build()]
+    if opts.fused_plugin and bundle.plugin_graph_path is not None:
+        kind = _fused_plugin_kind(opts.plugin_library)
+        if kind is None:
+            log("engine with the fused plugin: not built (neither tensorrt.plugin with Triton nor "
+                "the plugin library is available here; see hamedge/kernels/csrc/README.md)")
+        else:
+            jobs += [(p, kind) for p in opts.engines_to_build() if p in ("fp32", "fp16")]
+    for precision, plugin in jobs:
+        label = f"{precision}{' + fused plugin (' + plugin + ')' if plugin else ''}"
         if precision == "int8" and "int8" not in bundle.precisions:
             log("engine int8: skipped (bundle has no INT8 graph; export with --int8)")
             continue
         try:
             record = build_engine(bundle, precision=precision, min_batch=opts.min_batch,
                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch,
-                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core)
+                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core,
+                                  fused_plugin=plugin, plugin_library=opts.plugin_library)
         except BackendUnavailable as exc:
-            log(f"engine {precision}: not built: {exc} (the rest of the bundle is complete)")
-            return
-        log(f"engine {precision}: engines/{record.plan}")
+            log(f"engine {label}: not built: {exc} (the rest of the bundle is complete)")
+            if plugin is None:
+                return
+            continue
+        log(f"engine {label}: engines/{record.plan}")
 
 
-def _torch_tensorrt(bundle, model, opts: ExportOptions, log) -> None:
+def _fused_plugin_kind(library) -> str | None:
+    """Which form of hamedge::FusedRefine an engine can be built with here: the C++ library when
+    one is given or found, else the tensorrt.plugin definition, else None."""
     from hamedge.errors import BackendUnavailable
-    from hamedge.export.torch_trt import compile_to_bundle
+    from hamedge.kernels import trt_plugin
 
     try:
-        record = compile_to_bundle(bundle, model, min_batch=opts.min_batch,
-                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch)
-    except BackendUnavailable as exc:
-        log(f"torch-tensorrt: not built: {exc}")
-        return
-    log(f"torch-tensorrt: engines/{record.plan}")
+        trt_plugin.library_path(library)
+        return "library"
+    except BackendUnavailable:
+        pass
+    return "python" if trt_plugin.plugin_available()[0] else None
