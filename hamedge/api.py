@@ -83,10 +83,13 @@ def resolve_bundle(model: str | os.PathLike | None = None):
 class Model:
     """An opened model: a bundle on a backend. Use ``predict``; close when done (or ``with``)."""
 
-    def __init__(self, bundle, backend) -> None:
+    def __init__(self, bundle, backend, gate=None) -> None:
+        from hamedge.gate import GateSettings
+
         self.bundle = bundle
         self.backend = backend
         self.spec = backend.spec
+        self.gate = gate if gate is not None else GateSettings()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -96,6 +99,12 @@ class Model:
         from hamedge.io import read_image
 
         if isinstance(x, (str, os.PathLike)):
+            from hamedge.gate import check_file, refuse
+
+            if self.gate.enabled:  # the same gate as `hamedge infer`, before any pixel is decoded
+                verdict, _ = check_file(x, self.gate)
+                if verdict.refused:
+                    raise refuse(x, verdict)
             return read_image(x), os.fspath(x)
         if isinstance(x, np.ndarray):
             if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4)):
@@ -138,13 +147,20 @@ class Model:
 
 
 def load(bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
-         device: str | None = None, **opts) -> Model:
+         device: str | None = None, accept_any: bool = False,
+         accept_secondary_capture: bool = False, **opts) -> Model:
     """Open a model for prediction: a bundle folder, a .safetensors checkpoint, or None for the
-    packaged demo model. ``backend``: auto | onnxruntime | tensorrt | torch."""
+    packaged demo model. ``backend``: auto | onnxruntime | tensorrt | torch.
+
+    Files given to ``predict`` pass the input gate (hamedge.gate) first: one that is not a
+    frontal chest radiograph raises InputRefused, unless ``accept_any`` (research use).
+    ``accept_secondary_capture`` lets DICOM Secondary Capture objects through."""
+    from hamedge.gate import GateSettings
     from hamedge.runtime import open_backend
 
     opened = resolve_bundle(bundle)
-    return Model(opened, open_backend(opened, backend, precision, device, **opts))
+    return Model(opened, open_backend(opened, backend, precision, device, **opts),
+                 GateSettings(accept_any, accept_secondary_capture))
 
 
 __all__ = ["Model", "Prediction", "cache_dir", "load", "resolve_bundle"]
