@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from hamedge.errors import DataError, HamedgeError
-from hamedge.gate import GateSettings
+from hamedge.gate import OFF, GateSettings
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
@@ -241,6 +241,8 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                         return item
                     if options.dicom_out is not None:
                         item.header = header
+                else:
+                    item.gate = {"verdict": OFF}
                 image = read_image(path)
                 item.size = (int(image.shape[0]), int(image.shape[1]))
                 item.tensor = preprocess(image, spec, channels)
