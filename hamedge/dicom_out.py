@@ -87,6 +87,23 @@ def _algorithm(device: Device):
         parameters=[f"bundle sha256 {device.bundle_sha256}"], manufacturer=MANUFACTURER)
 
 
+# Type 2 elements of the Patient and General Study modules: highdicom copies them from the source
+# and needs them present; a source that omits them gets them empty ("unknown"), as PS3.3 allows.
+_PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                        "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _reference(source):
+    """A copy of the source header that highdicom can build from."""
+    import copy
+
+    ds = copy.deepcopy(source)
+    for keyword in _PATIENT_STUDY_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
 def _rectangle(box) -> np.ndarray:
     """A box (x, y, w, h in whole pixels) as a closed polyline of SCOORD image coordinates:
     column/row, with (0, 0) the top-left corner of the top-left pixel (PS3.3 C.18.6.1.2)."""
@@ -99,6 +116,7 @@ def build_sr(source, pred, device: Device):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    source = _reference(source)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -160,8 +178,8 @@ def build_overlay(source, pred, image: np.ndarray, device: Device, colormap: str
     from hamedge.heatmap import overlay
 
     pixels = overlay(image, pred.heatmap("anomaly", size="image"), colormap)
+    source = _reference(source)
     instance = str(source.SOPInstanceUID)
-    orientation = getattr(source, "PatientOrientation", None)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=np.ascontiguousarray(pixels),
         photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
@@ -171,8 +189,11 @@ def build_overlay(source, pred, image: np.ndarray, device: Device, colormap: str
         sop_instance_uid=_uid(instance, device.bundle_sha256, "overlay"),
         instance_number=int(getattr(source, "InstanceNumber", None) or 1),
         manufacturer=MANUFACTURER,
-        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else None,
-        laterality=getattr(source, "Laterality", None) or None)
+        # highdicom wants an orientation from its enumerations; the overlay has the source's
+        # pixel grid, so the source's value (verbatim, or empty when unknown) replaces it below
+        patient_orientation=("L", "F"))
+    sc.PatientOrientation = source.get("PatientOrientation") or None
+    sc.Laterality = source.get("Laterality") or None  # type 2C in General Series: empty if unknown
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -181,8 +202,6 @@ def build_overlay(source, pred, image: np.ndarray, device: Device, colormap: str
     sc.DerivationDescription = ("hamedge anomaly heatmap blended over the source image "
                                 "(AI output, not verified)")
     sc.BurnedInAnnotation = "NO"
-    if "Laterality" not in sc:  # type 2C in General Series: present, empty when unknown
-        sc.Laterality = None
     _identify(sc, device, "AI anomaly heatmap overlay (hamedge)")
     return sc
 
