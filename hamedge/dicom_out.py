@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-from hamedge import __version__
 from hamedge.errors import HamedgeError
 from hamedge.fsutil import write_bytes
 
@@ -45,7 +44,17 @@ class Device:
 
     model_name: str  # e.g. "HAM resnet18"
     bundle_sha256: str  # identity of the model bundle (hamedge.pipeline.model_id)
-    software_version: str = __version__
+    software_version: str = ""  # default: the installed hamedge's version
+
+    def __post_init__(self) -> None:
+        if not self.software_version:
+            import importlib.metadata as md
+
+            try:
+                version = md.version("hamedge")
+            except md.PackageNotFoundError:
+                version = "unknown"
+            object.__setattr__(self, "software_version", version)
 
     @property
     def uid(self) -> str:
