@@ -85,32 +85,37 @@ class Model:
 
     def __init__(self, bundle, backend, gate=None) -> None:
         from hamedge.gate import GateSettings
+        from hamedge.pipeline.run import usable_ood
 
         self.bundle = bundle
         self.backend = backend
         self.spec = backend.spec
         self.gate = gate if gate is not None else GateSettings()
+        # scores inputs without DICOM tags (arrays, PNG/JPEG/TIFF) after the forward pass
+        self.ood = usable_ood(bundle, backend) if self.gate.enabled else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.spec.class_names
 
-    def _load(self, x: Any) -> tuple[np.ndarray, str | None]:
+    def _load(self, x: Any) -> tuple[np.ndarray, str | None, dict | None]:
+        """(image, path, gate verdict); the verdict of a file without tags is 'untagged'."""
+        from hamedge.gate import UNTAGGED, check_file, refuse
         from hamedge.io import read_image
 
         if isinstance(x, (str, os.PathLike)):
-            from hamedge.gate import check_file, refuse
-
+            verdict = None
             if self.gate.enabled:  # the same gate as `hamedge infer`, before any pixel is decoded
-                verdict, _ = check_file(x, self.gate)
-                if verdict.refused:
-                    raise refuse(x, verdict)
-            return read_image(x), os.fspath(x)
+                checked, _ = check_file(x, self.gate)
+                if checked.refused:
+                    raise refuse(x, checked.reason)
+                verdict = checked.to_dict()
+            return read_image(x), os.fspath(x), verdict
         if isinstance(x, np.ndarray):
             if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4)):
                 if x.dtype != np.uint8 and x.dtype.kind != "f":
                     raise DataError(f"arrays must be uint8 or float in [0, 1], not {x.dtype}")
-                return x, None
+                return x, None, {"verdict": UNTAGGED} if self.gate.enabled else None
             raise DataError(f"an image array must be 2-D or HxWx3, not {x.shape}")
         raise DataError(f"cannot predict on a {type(x).__name__}: give a path or a numpy array")
 
@@ -128,10 +133,18 @@ class Model:
 
         loaded = [self._load(x) for x in xs]
         batch = np.stack([preprocess(im, self.spec, self.backend.input_channels)
-                          for im, _ in loaded])
+                          for im, _, _ in loaded])
         raw = self.backend.run(batch)
-        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _ in loaded],
-                                        [p for _, p in loaded])
+        if self.ood is not None:  # the same out-of-distribution rule as `hamedge infer`
+            from hamedge.gate import refuse
+            from hamedge.pipeline.run import apply_ood
+
+            for (_, path, verdict), distance in zip(loaded, self.ood.distances(raw.attention_maps)):
+                reason = apply_ood(verdict, float(distance), self.ood) if verdict else ""
+                if reason:
+                    raise refuse(path or "array", reason)
+        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _, _ in loaded],
+                                        [p for _, p, _ in loaded])
 
     def close(self) -> None:
         self.backend.close()

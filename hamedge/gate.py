@@ -212,7 +212,7 @@ def check_file(path: str | os.PathLike, settings: GateSettings = GateSettings())
     return decide(header, settings), header
 
 
-def refuse(path, verdict: Verdict) -> InputRefused:
-    """The one-line error the Python API raises for a refused file."""
-    return InputRefused(f"{path}: refused by the input gate: {verdict.reason} "
+def refuse(what, reason: str) -> InputRefused:
+    """The one-line error the Python API raises for a refused input (a path, or 'array')."""
+    return InputRefused(f"{what}: refused by the input gate: {reason} "
                         "(accept_any=True runs it anyway, for research)")

@@ -78,6 +78,7 @@ def infer(
 
     from hamedge.api import resolve_bundle
     from hamedge.pipeline import InferOptions, model_id, run_inference
+    from hamedge.pipeline.run import usable_ood
     from hamedge.runtime import open_backend
 
     from hamedge.gate import GateSettings
@@ -95,6 +96,7 @@ def infer(
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
     with open_backend(bundle, backend, precision, device) as runner:
+        ood = usable_ood(bundle, runner) if options.gate.enabled else None
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:
@@ -110,9 +112,10 @@ def infer(
                     bar.update(task, completed=done, total=total)
 
                 summary = run_inference(paths, runner, out, options, model_id(bundle),
-                                        on_progress, on_record)
+                                        on_progress, on_record, ood)
         else:
-            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record)
+            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record,
+                                    ood)
     if not quiet:
         console.print(summary.line(), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)

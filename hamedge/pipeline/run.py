@@ -101,8 +101,8 @@ class RunSummary:
         if self.failed_total:
             text += f" ({self.failed_total} error row(s), see the status and reason columns)"
         if self.refused:
-            text += (f"; {self.refused} refused by the input gate (not frontal chest radiographs; "
-                     "reasons in the reason column)")
+            text += (f"; {self.refused} refused by the input gate (not what the model was made "
+                     "for; reasons in the reason column, --accept-any runs them)")
         return text
 
 
@@ -176,6 +176,35 @@ def model_id(bundle) -> str:
     return digest.hexdigest()
 
 
+def usable_ood(bundle, backend):
+    """The bundle's out-of-distribution model when it fits the graph this backend runs (its
+    statistics are of raw or of refined maps), else None."""
+    from hamedge.ood import load
+
+    model = load(bundle)
+    kind = "refined" if backend.heatmaps_refined else "raw"
+    if model is None or model.info.get("heatmaps", "raw") != kind:
+        return None
+    return model
+
+
+def apply_ood(gate: dict, distance: float, ood) -> str:
+    """Record the out-of-distribution distance in a gate verdict; a file without tags becomes
+    accepted or refused by it. Returns the refusal's reason, or ''."""
+    from hamedge.gate import ACCEPTED, REFUSED, UNTAGGED
+
+    gate["ood_distance"] = round(distance, 3)
+    gate["ood_threshold"] = round(ood.threshold, 3)
+    if gate.get("verdict") != UNTAGGED:  # DICOM: its tags decided; the distance is information
+        return ""
+    if distance > ood.threshold:
+        gate["verdict"] = REFUSED
+        gate["reason"] = ood.reason(distance)
+        return gate["reason"]
+    gate["verdict"] = ACCEPTED
+    return ""
+
+
 def _error_line(exc: BaseException, path: Path) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     prefix = f"{path}: "
@@ -192,11 +221,13 @@ def _error_line(exc: BaseException, path: Path) -> str:
 
 def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: InferOptions,
                   model_key: str = "", on_progress: Callable[[int, int], None] | None = None,
-                  on_record: Callable[[dict], None] | None = None) -> RunSummary:
+                  on_record: Callable[[dict], None] | None = None, ood=None) -> RunSummary:
     """Run every image under ``inputs`` through an open ``backend``.
 
     ``out_dir`` None writes no files (for --json piping). ``on_progress(done, total)`` is called
-    by the writer as rows land; ``on_record(record)`` gets every row's JSON record.
+    by the writer as rows land; ``on_record(record)`` gets every row's JSON record. ``ood`` (the
+    bundle's hamedge.ood.OODModel, see usable_ood) scores files without DICOM tags; unused when
+    the gate is off.
     """
     from hamedge.gate import check_file
     from hamedge.io import read_image
@@ -217,7 +248,9 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                     "precision": backend.precision,
                     "options": {"backend": backend.name, "heatmaps": options.heatmaps,
                                 "all_heatmaps": options.all_heatmaps, "glob": options.glob},
-                    "gate": options.gate.to_dict()}
+                    "gate": {**options.gate.to_dict(),
+                             "ood": ood.describe() if ood is not None and options.gate.enabled
+                             else None}}
         store = ResultsStore(out_dir, manifest, spec.class_names, overwrite=options.overwrite)
     try:
         done = store.done if store is not None else {}
@@ -259,7 +292,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
             require_highdicom()
             device = Device(f"HAM {spec.arch}", model_key)
         writer = _Writer(store, spec, options, stems, write_maps, on_record, on_progress,
-                         len(todo), summary, device)
+                         len(todo), summary, device, ood if options.gate.enabled else None)
         writer.start()
         start = time.perf_counter()
         try:
@@ -312,12 +345,12 @@ class _Writer(threading.Thread):
     """Turns (items, outputs) into records, heatmap files and durable rows, off the hot path."""
 
     def __init__(self, store, spec, options, stems, write_maps, on_record, on_progress, total,
-                 summary, device=None) -> None:
+                 summary, device=None, ood=None) -> None:
         super().__init__(name="hamedge-writer", daemon=True)
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.store, self.spec, self.options, self.stems = store, spec, options, stems
         self.write_maps, self.on_record, self.on_progress = write_maps, on_record, on_progress
-        self.total, self.summary, self.device = total, summary, device
+        self.total, self.summary, self.device, self.ood = total, summary, device, ood
         self.error: BaseException | None = None
         self.count = 0
 
@@ -372,7 +405,15 @@ class _Writer(threading.Thread):
         else:
             preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
                                              [i.key for i in items])
-            for item, pred in zip(items, preds):
+            distances = self.ood.distances(raw.attention_maps) if self.ood is not None else None
+            for index, (item, pred) in enumerate(zip(items, preds)):
+                if distances is not None and item.gate is not None:
+                    refused = apply_ood(item.gate, float(distances[index]), self.ood)
+                    if refused:
+                        records.append({"path": item.key, "status": STATUS_REFUSED,
+                                        "reason": refused, "gate": item.gate})
+                        item.image = item.header = None
+                        continue
                 record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
                 record["path"] = item.key
                 if item.gate is not None:
