@@ -120,8 +120,8 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
 def read_header(path: str | os.PathLike):
     """The DICOM header of ``path`` without its pixel data (pydicom Dataset), or None for a file
     that is not DICOM. An unreadable header is a DataError (an error row, not a refusal)."""
-    if not is_dicom_path(path):
-        return None
+    if not Path(path).is_file() or not is_dicom_path(path):  # never open a FIFO or device:
+        return None  # the reader reports what it is
     import pydicom
     from pydicom.errors import InvalidDicomError
 

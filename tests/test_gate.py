@@ -7,6 +7,7 @@ cases are DX/CR/SC datasets built with pydicom with the right SOP classes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -121,6 +122,9 @@ def test_untagged_files_and_unreadable_headers(tmp_path):
     png = tmp_path / "a.png"
     cv2.imwrite(str(png), np.zeros((8, 8), np.uint8))
     assert check_file(png)[0].verdict == UNTAGGED
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)  # opening it would block: the gate leaves it to the reader's error
+    assert check_file(fifo)[0].verdict == UNTAGGED
     # garbage after the preamble: nothing identifies it, refused
     (tmp_path / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 7)
     assert check_file(tmp_path / "garbage.dcm")[0].reason.startswith("no SOP Class UID")
