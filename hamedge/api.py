@@ -101,25 +101,39 @@ def resolve_bundle(model: str | os.PathLike | None = None, *, int8: bool = False
 class Model:
     """An opened model: a bundle on a backend. Use ``predict``; close when done (or ``with``)."""
 
-    def __init__(self, bundle, backend) -> None:
+    def __init__(self, bundle, backend, gate=None) -> None:
+        from hamedge.gate import GateSettings
+        from hamedge.pipeline.run import usable_ood
+
         self.bundle = bundle
         self.backend = backend
         self.spec = backend.spec
+        self.gate = gate if gate is not None else GateSettings()
+        # scores inputs without DICOM tags (arrays, PNG/JPEG/TIFF) after the forward pass
+        self.ood = usable_ood(bundle, backend) if self.gate.enabled else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.spec.class_names
 
-    def _load(self, x: Any) -> tuple[np.ndarray, str | None]:
+    def _load(self, x: Any) -> tuple[np.ndarray, str | None, dict | None]:
+        """(image, path, gate verdict); the verdict of a file without tags is 'untagged'."""
+        from hamedge.gate import UNTAGGED, check_file, refuse
         from hamedge.io import read_image
 
         if isinstance(x, (str, os.PathLike)):
-            return read_image(x), os.fspath(x)
+            verdict = None
+            if self.gate.enabled:  # the same gate as `hamedge infer`, before any pixel is decoded
+                checked, _ = check_file(x, self.gate)
+                if checked.refused:
+                    raise refuse(x, checked.reason)
+                verdict = checked.to_dict()
+            return read_image(x), os.fspath(x), verdict
         if isinstance(x, np.ndarray):
             if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4)):
                 if x.dtype != np.uint8 and x.dtype.kind != "f":
                     raise DataError(f"arrays must be uint8 or float in [0, 1], not {x.dtype}")
-                return x, None
+                return x, None, {"verdict": UNTAGGED} if self.gate.enabled else None
             raise DataError(f"an image array must be 2-D or HxWx3, not {x.shape}")
         raise DataError(f"cannot predict on a {type(x).__name__}: give a path or a numpy array")
 
@@ -137,10 +151,18 @@ class Model:
 
         loaded = [self._load(x) for x in xs]
         batch = np.stack([preprocess(im, self.spec, self.backend.input_channels)
-                          for im, _ in loaded])
+                          for im, _, _ in loaded])
         raw = self.backend.run(batch)
-        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _ in loaded],
-                                        [p for _, p in loaded])
+        if self.ood is not None:  # the same out-of-distribution rule as `hamedge infer`
+            from hamedge.gate import refuse
+            from hamedge.pipeline.run import apply_ood
+
+            for (_, path, verdict), distance in zip(loaded, self.ood.distances(raw.attention_maps)):
+                reason = apply_ood(verdict, float(distance), self.ood) if verdict else ""
+                if reason:
+                    raise refuse(path or "array", reason)
+        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _, _ in loaded],
+                                        [p for _, p, _ in loaded])
 
     def close(self) -> None:
         self.backend.close()
@@ -156,15 +178,22 @@ class Model:
 
 
 def load(bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
-         device: str | None = None, **opts) -> Model:
+         device: str | None = None, accept_any: bool = False,
+         accept_secondary_capture: bool = False, **opts) -> Model:
     """Open a model for prediction: a bundle folder, a .safetensors checkpoint, or None for the
     packaged demo model. ``backend``: "auto" or a name of hamedge.runtime.backend_names();
     ``precision``: one that backend's class lists in ``precisions``; ``opts``: the backend's own
-    keyword options (a misspelt one is refused)."""
+    keyword options (a misspelt one is refused).
+
+    Files given to ``predict`` pass the input gate (hamedge.gate) first: one that is not a
+    frontal chest radiograph raises InputRefused, unless ``accept_any`` (research use).
+    ``accept_secondary_capture`` lets DICOM Secondary Capture objects through."""
+    from hamedge.gate import GateSettings
     from hamedge.runtime import open_backend
 
     opened = resolve_bundle(bundle)
-    return Model(opened, open_backend(opened, backend, precision, device, **opts))
+    return Model(opened, open_backend(opened, backend, precision, device, **opts),
+                 GateSettings(accept_any, accept_secondary_capture))
 
 
 __all__ = ["Model", "Prediction", "cache_dir", "load", "resolve_bundle"]

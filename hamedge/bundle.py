@@ -9,6 +9,7 @@ Layout (written by `hamedge export`, read by every runtime backend)::
       model.int8.cpu.onnx  INT8 Q/DQ for target "cpu": uint8 activations (U8S8), fast in ONNX Runtime on x86
       model.plugin.onnx    optional: the graph with the fused-refinement TensorRT plugin node
       calibration.json     images, method, tensor ranges hash, accuracy deltas (only with --int8)
+      ood.json             the input gate's out-of-distribution statistics and threshold (hamedge.ood)
       weights.safetensors  copy of the checkpoint (for the torch backend)
       engines/*.plan       TensorRT plans, each with a record engines/<same name>.json
       checksums            "<sha256>  <relative path>" for every file above

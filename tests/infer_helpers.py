@@ -74,20 +74,36 @@ def _quantize(proto, spec: ModelSpec, fold: bool, symmetric: bool = False) -> by
         return dst.read_bytes()
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
+def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2",
+                sop_class: str | None = None, **tags) -> Path:
+    """A DX For Presentation image (what the input gate accepts) unless ``sop_class`` says
+    otherwise; ``tags`` set or override header elements (None deletes one)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = sop_class or DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName = "DX", "Test^Patient"
+    ds.Modality, ds.PatientName, ds.PatientID = "DX", "Test^Patient", "HAMEDGE-TEST-1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "A1"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"
+    ds.PresentationIntentType = "FOR PRESENTATION"
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
+    return path

@@ -49,7 +49,11 @@ def test_int8_bundle_contents(int8_bundle, ckpt):
 
     b = Bundle.open(int8_bundle)
     assert set(b.files) == {"spec.json", "model.onnx", "model.int8.onnx", "model.int8.cpu.onnx",
-                            "calibration.json", "weights.safetensors"}
+                            "calibration.json", "weights.safetensors", "ood.json"}
+    # the input gate's statistics: of the calibration images, threshold on the guard's images
+    ood = json.loads((int8_bundle / "ood.json").read_text())
+    assert ood["fit_images"] == 12 and ood["heldout_images"] >= 8 and ood["threshold"] > 0
+    assert b.provenance["ood"]["threshold"] == pytest.approx(ood["threshold"], abs=1e-3)
     assert b.graph.input_channels == 1 and b.graph.heatmaps == "raw" and b.graph.opset == 17
     prov = b.provenance
     assert prov["checkpoint_sha256"] == sha256_file(ckpt)

@@ -113,6 +113,11 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
                                      method=opts.method, budget=budget,
                                      max_rounds=opts.max_rounds, log=log)
             writer.write_json(CALIBRATION_FILE, calibration)
+        ood = _ood_model(spec, exported, opts, calib_set, log)
+        if ood is not None:
+            from hamedge.ood import OOD_FILE
+
+            writer.write_json(OOD_FILE, ood.to_dict())
         if opts.fused_plugin:  # TensorRT only; its attention_maps are refined (S x S)
             from hamedge.kernels.onnx_plugin import add_fused_plugin_node
 
@@ -133,6 +138,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             "plugin_graph": {"file": PLUGIN_GRAPH, "heatmaps": "refined",
                              "op": "hamedge::FusedRefine"} if writer.path(PLUGIN_GRAPH).exists()
             else None,
+            "ood": None if ood is None else ood.describe(),
             "int8": None if calibration is None else {
                 "method": calibration["method"], "passed": calibration["passed"],
                 "excluded_nodes": len(calibration["excluded_nodes"])},
@@ -145,6 +151,59 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
     if opts.engine:
         _engines(bundle, opts, log)
     return bundle
+
+
+def _ood_model(spec: ModelSpec, exported, opts: ExportOptions, calib_set, log):
+    """The out-of-distribution model of the input gate (hamedge.ood), from the fp32 graph's
+    attention maps: statistics of the calibration images (the INT8 set; else --calib; else, for
+    a model of synthetic classes, synthetic radiographs), threshold on held-out in-distribution
+    images (synthetic ones of another seed; for a folder of the user's, its last third, kept out
+    of the statistics). None, with a line, when there are no in-distribution images."""
+    from hamedge import ood
+    from hamedge.calibration.data import SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set
+    from hamedge.compare import run_onnx
+    from hamedge.synth import SYNTH_CLASSES
+
+    channels = exported.graph.input_channels
+    synthetic = tuple(spec.class_names) == tuple(SYNTH_CLASSES)
+    if opts.calib is not None:
+        if calib_set is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                calib_set = load_calibration_set(opts.calib, spec, channels, opts.calib_count,
+                                                 opts.calib_seed)
+        inputs = calib_set.inputs
+        cut = len(inputs) - len(inputs) // 3
+        fit_inputs, held_inputs = inputs[:cut], inputs[cut:]
+        source = f"{opts.calib}: {cut} images for the statistics, {len(inputs) - cut} held out"
+    elif synthetic:
+        fit_inputs = calib_set.inputs if calib_set is not None else \
+            _synthetic_inputs(spec, channels, opts.calib_count, SYNTH_CALIB_SEED)
+        held_inputs = _synthetic_inputs(spec, channels, opts.val_count, SYNTH_VAL_SEED)
+        source = (f"hamedge.synth: seed {SYNTH_CALIB_SEED} ({len(fit_inputs)} images) for the "
+                  f"statistics, seed {SYNTH_VAL_SEED} ({len(held_inputs)}) held out")
+    else:
+        log("out-of-distribution gate: no in-distribution images for this model (pass --calib "
+            "DIR of its X-rays); files without DICOM tags will not be checked")
+        return None
+
+    graph = exported.model.SerializeToString()
+
+    def maps(inputs):
+        return np.concatenate([run_onnx(graph, inputs[i:i + 64])["attention_maps"]
+                               for i in range(0, len(inputs), 64)])
+
+    try:
+        model = ood.fit(maps(fit_inputs), maps(held_inputs), source=source, graph="fp32",
+                        heatmaps=exported.graph.heatmaps)
+    except ValueError as exc:
+        log(f"out-of-distribution gate: not made ({exc})")
+        return None
+    log(f"out-of-distribution gate: {model.info['fit_images']} images for the statistics, "
+        f"threshold {model.threshold:.1f} refuses {model.info['heldout_refused']:.1%} of "
+        f"{model.info['heldout_images']} held-out images (target "
+        f"{model.info['target_false_refusals']:.0%})")
+    return model
 
 
 def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: str, log):
