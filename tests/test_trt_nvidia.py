@@ -71,6 +71,17 @@ def test_cuda_graph_capture_works_on_every_cuda_python(bundle, monkeypatch, majo
     assert "event-in-capture" not in cudart.calls  # timing events stay outside the graph
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda:1", "GPU"])
+def test_a_device_it_would_not_run_on_is_refused(bundle, monkeypatch, device):
+    trt, _ = fake_tensorrt("10.3")
+    use_gpu(monkeypatch, trt, FakeCudart(12))
+    build_engine(bundle, "fp16", trt=trt, gpu=ORIN)
+    with pytest.raises(HamedgeError, match=f"not '{device}'"):
+        open_trt(bundle, precision="fp16", device=device)
+    with open_trt(bundle, precision="fp16", device="cuda:0") as backend:
+        assert backend.run(BATCH).class_probs.shape[0] == 2
+
+
 def test_fake_cudart_instantiate_differs_like_the_real_versions():
     # The reason the helper uses cudaGraphInstantiateWithFlags: cudaGraphInstantiate(graph, 0)
     # is a TypeError on 11.8 (three parameters) and returns two values on 12/13.

@@ -83,6 +83,11 @@ class TensorRTBackend(Backend):
                  dla_core: int | None = None, fused_plugin: bool = False,
                  plugin_library=None) -> None:
         self.check_precision(precision)
+        if (device or "auto").lower() not in ("auto", "cuda", "cuda:0"):
+            # buffers, engine selection and builds all use GPU 0: another device is refused
+            # rather than run somewhere the caller did not ask for
+            raise HamedgeError(f"the tensorrt backend runs on the first CUDA GPU (cuda or "
+                               f"cuda:0), not {device!r}")
         try:
             import tensorrt as trt
         except ImportError:
