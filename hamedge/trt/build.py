@@ -197,7 +197,6 @@ def build_engine(bundle, precision: str = "fp16", min_batch: int = 1, opt_batch:
     config = builder.create_builder_config()
     settings = configure(trt, builder, config, feats, precision, workspace_mib, dla_core)
     if dla_core is not None:
-        profile.check_dla()
         settings.append(f"batch={profile.max} (DLA: fixed)")
     graph = bundle.graph
     profile_obj = builder.create_optimization_profile()

@@ -182,11 +182,6 @@ class BatchProfile:
         must to be the same": NvInferRuntime.h IOptimizationProfile::setDimensions, release/10.3)."""
         return cls(batch, batch, batch)
 
-    def check_dla(self) -> None:
-        if not self.min == self.opt == self.max:
-            raise HamedgeError(f"a DLA engine needs one fixed batch (min = opt = max), got "
-                               f"{self.min}/{self.opt}/{self.max}")
-
 
 def engine_filename(gpu_name: str, trt_version: str, precision: str, profile: BatchProfile,
                     dla_core: int | None = None, plugin: bool = False) -> str:
