@@ -133,12 +133,15 @@ def read_header(path: str | os.PathLike):
         raise DataError(f"{path}: not a readable DICOM header ({text[:200]})") from None
 
 
+UNREADABLE = "<unreadable>"  # the recorded value of an element pydicom cannot parse
+
+
 def _text(header, keyword: str) -> str | None:
     """A header value as one upper-case string, None when absent or empty."""
     try:
         value = header.get(keyword)
     except Exception:  # a malformed element (wrong VR, bad bytes) counts as unreadable text
-        return "<unreadable>"
+        return UNREADABLE
     if value is None:
         return None
     if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
@@ -148,13 +151,10 @@ def _text(header, keyword: str) -> str | None:
 
 
 def _tags(header) -> dict[str, Any]:
-    tags: dict[str, Any] = {}
-    for keyword in TAGS:
-        tags[keyword] = _text(header, keyword)
-    sop = header.get("SOPClassUID")
-    if sop:
-        tags["SOPClassUID"] = str(sop)
-        tags["SOPClassName"] = uid.UID(str(sop)).name
+    tags: dict[str, Any] = {keyword: _text(header, keyword) for keyword in TAGS}
+    sop = tags["SOPClassUID"]
+    if sop and sop != UNREADABLE:
+        tags["SOPClassName"] = uid.UID(sop).name
     return tags
 
 
@@ -173,6 +173,8 @@ def _first_broken_rule(tags: dict[str, Any], settings: GateSettings) -> str:
     sop = tags.get("SOPClassUID")
     if not sop:
         return "no SOP Class UID in the DICOM header: not an identifiable image"
+    if sop == UNREADABLE:
+        return "the SOP Class UID in the DICOM header is malformed: not an identifiable image"
     name = tags["SOPClassName"]
     if sop not in settings.sop_classes:
         if sop == uid.DigitalXRayImageStorageForProcessing:

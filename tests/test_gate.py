@@ -136,6 +136,22 @@ def test_untagged_files_and_unreadable_headers(tmp_path):
         check_file(tmp_path / "cut.dcm")
 
 
+def test_a_malformed_sop_class_element_is_a_refusal_not_a_pydicom_exception(tmp_path):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from hamedge.gate import decide
+
+    header = Dataset()
+    header.Modality = "CR"
+    # SOP Class UID stored with VR US and an odd length: pydicom raises on every access
+    header[0x00080016] = RawDataElement(Tag(0x00080016), "US", 3, b"\x01\x02\x03", 0, False, True)
+    verdict = decide(header)
+    assert verdict.verdict == REFUSED and "SOP Class UID" in verdict.reason
+    assert "SOPClassName" not in verdict.tags
+
+
 # --- hamedge infer and hamedge.load apply it --------------------------------------------------
 
 @pytest.fixture(scope="module")
