@@ -122,13 +122,15 @@ def read_header(path: str | os.PathLike):
     that is not DICOM. An unreadable header is a DataError (an error row, not a refusal)."""
     if not Path(path).is_file() or not is_dicom_path(path):  # never open a FIFO or device:
         return None  # the reader reports what it is
+    import zlib
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError,
-            TypeError, IndexError) as exc:
+            TypeError, IndexError, zlib.error) as exc:  # zlib: a corrupt deflated data set
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: not a readable DICOM header ({text[:200]})") from None
 
