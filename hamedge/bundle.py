@@ -117,14 +117,14 @@ class EngineRecord:
     gpu_name: str
     compute_capability: str  # "8.7", "9.0"
     trt_version: str
-    precision: str  # fp16 | int8 | fp32 | torch-trt-*
+    precision: str  # fp32 | fp16 | int8
     min_batch: int
     opt_batch: int
     max_batch: int
     onnx_file: str  # graph it was built from (relative to the bundle)
     onnx_sha256: str
     dla_core: int | None = None
-    builder: str = "tensorrt"  # or "torch-tensorrt"
+    builder: str = "tensorrt"  # hamedge.trt.build; records of any other builder are not run
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
