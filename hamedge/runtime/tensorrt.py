@@ -27,8 +27,8 @@ import numpy as np
 
 from hamedge.errors import BackendUnavailable, HamedgeError
 from hamedge.runtime.base import OUTPUT_NAMES, Backend, RawOutputs
-# Probing and engine selection live in hamedge.trt.engines; named here too for callers that
-# reach them through the backend's module (runtime.select, bench).
+# Probing and engine selection live in hamedge.trt.engines; also importable from here, the
+# backend's module, as older callers do.
 from hamedge.trt.engines import (GpuInfo, engine_mismatch, gpu_info, record_plugin,  # noqa: F401
                                  select_engine, tensorrt_version)
 
