@@ -13,6 +13,7 @@ or writer failure is fatal (exit 2). Exit codes: 0 every input ok, 1 some inputs
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
@@ -29,11 +30,16 @@ from hamedge.errors import DataError, HamedgeError
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
-from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, ResultsStore
+from hamedge.pipeline.store import HEATMAP_DIR, STATUS_ERROR, STATUS_OK, ResultsStore, safe_record
+
+_log = logging.getLogger("hamedge.pipeline")
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_FATAL = 2
+# Upper bounds keep memory bounded: at most max(2 x batch, batch + 2 x workers) images in flight.
+MAX_BATCH = 1024
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -47,10 +53,10 @@ class InferOptions:
     colormap: str = "jet"
 
     def validate(self) -> None:
-        if self.batch < 1:
-            raise HamedgeError("--batch must be at least 1")
-        if self.workers < 1:
-            raise HamedgeError("--workers must be at least 1")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise HamedgeError(f"--batch must be between 1 and {MAX_BATCH}, not {self.batch}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise HamedgeError(f"--workers must be between 1 and {MAX_WORKERS}, not {self.workers}")
         if self.heatmaps not in HEATMAP_FORMATS:
             raise HamedgeError(f"--heatmaps must be one of {', '.join(HEATMAP_FORMATS)}")
 
@@ -104,28 +110,47 @@ class _Item:
     image: np.ndarray | None = None  # kept only when an overlay needs it
     size: tuple[int, int] = (0, 0)
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # library warnings raised while reading
 
 
-def discover(inputs, glob: str | None = None) -> tuple[list[Path], dict[str, int]]:
+def results_exclusion(inputs, out_dir) -> list[str]:
+    """Folders never read as inputs: the results folder, or only its heatmaps/ when the results
+    go into an input folder itself (or one above it)."""
+    if out_dir is None:
+        return []
+    out = os.path.realpath(out_dir)
+    roots = [os.path.realpath(p) for p in inputs]
+    if any(root == out or root.startswith(out + os.sep) for root in roots):
+        return [os.path.join(out, HEATMAP_DIR)]
+    return [out]
+
+
+def discover(inputs, glob: str | None = None,
+             exclude: list[str] | None = None) -> tuple[list[Path], dict[str, int]]:
     """Files to run from paths given by the user (files or folders, walked recursively), in order,
-    without duplicates. A path that does not exist is a user error (fatal)."""
+    without duplicates, never from a folder in ``exclude``. A path that does not exist is a user
+    error (fatal)."""
     from hamedge.io import find_images
 
     files: list[Path] = []
-    skipped = {"hidden": 0, "not_image": 0}
+    skipped = {"hidden": 0, "not_image": 0, "not_a_file": 0}
+    excluded = [os.path.realpath(e) for e in exclude or []]
     seen = set()
     for raw in inputs:
         root = Path(raw)
         if not root.exists() and not root.is_symlink():
             raise HamedgeError(f"{root}: no such file or folder")
         if root.is_dir():
-            found, skip = find_images(root, glob)
+            found, skip = find_images(root, glob, exclude=excluded)
             for key, n in skip.items():
                 skipped[key] = skipped.get(key, 0) + n
         else:  # a file named explicitly is always tried (and becomes an error row if bad)
             found = [root]
         for path in found:
             key = os.path.abspath(path)
+            real = os.path.realpath(path)
+            if any(real.startswith(e + os.sep) for e in excluded):
+                continue
             if key not in seen:
                 seen.add(key)
                 files.append(path)
@@ -185,12 +210,12 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     ``out_dir`` None writes no files (for --json piping). ``on_progress(done, total)`` is called
     by the writer as rows land; ``on_record(record)`` gets every row's JSON record.
     """
-    from hamedge.io import read_image
+    from hamedge.io import read_image_with_notes
     from hamedge.preprocess import preprocess
 
     options.validate()
     spec = backend.spec
-    files, skipped = discover(inputs, options.glob)
+    files, skipped = discover(inputs, options.glob, results_exclusion(inputs, out_dir))
     summary = RunSummary(found=len(files), skipped=skipped, backend=backend.description,
                          out_dir=str(out_dir) if out_dir is not None else None)
     if not files:
@@ -216,7 +241,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         def load(path: Path, key: str) -> _Item:
             item = _Item(path, key)
             try:
-                image = read_image(path)
+                image, item.notes = read_image_with_notes(path)
                 item.size = (int(image.shape[0]), int(image.shape[1]))
                 item.tensor = preprocess(image, spec, channels)
                 if keep_image:
@@ -273,6 +298,14 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     finally:
         if store is not None:
             store.close()
+
+
+def _notes_line(notes: list[str]) -> str:
+    """Library warnings of an image read that still succeeded, for its row's reason."""
+    if not notes:
+        return ""
+    more = f" (+{len(notes) - 2} more)" if len(notes) > 2 else ""
+    return "read with warnings: " + "; ".join(notes[:2]) + more
 
 
 class _Writer(threading.Thread):
@@ -334,12 +367,17 @@ class _Writer(threading.Thread):
             preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
                                              [i.key for i in items])
             for item, pred in zip(items, preds):
-                record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
+                record = {"path": item.key, "status": STATUS_OK, "reason": _notes_line(item.notes),
+                          **pred.to_dict()}
                 record["path"] = item.key
                 if self.write_maps:
                     record["heatmaps"] = self._write_heatmaps(item, pred)
                 records.append(record)
                 item.image = None
+        records = [safe_record(r) for r in records]
+        for item in items:
+            for note in item.notes:
+                _log.info("%s: %s", item.key, note)
         for record in records:
             if record["status"] == STATUS_OK:
                 self.summary.ok += 1
