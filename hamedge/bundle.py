@@ -158,7 +158,7 @@ def _check_inside(root: Path, rel: str) -> None:
 
 
 def onnx_output_dims(path: str | os.PathLike) -> dict[str, list[int | None]]:
-    """Graph output name -> dims (None for a symbolic dim), read from an ONNX file's protobuf
+    """Graph output name -> dims (None for a symbolic dim; {} when unreadable), read from an ONNX file's protobuf
     wire format without the onnx package (not in the slim runtime) and without copying weights:
     ModelProto.graph (7) -> GraphProto.output (12) -> ValueInfoProto name (1), type (2) ->
     TypeProto.tensor_type (1) -> shape (2) -> dim (1) -> dim_value (1) | dim_param (2)."""
@@ -202,8 +202,8 @@ def onnx_output_dims(path: str | os.PathLike) -> dict[str, list[int | None]]:
                                         value = [v for n2, w2, v, _ in fields(buf, d0, d1) if n2 == 1 and w2 == 0]
                                         dims.append(value[0] if value else None)
                     out[name] = dims
-    except (OSError, ValueError, IndexError) as exc:
-        raise BundleError(f"{path} is not a readable ONNX graph ({exc})") from None
+    except (OSError, ValueError, IndexError):
+        return {}  # not ONNX at all: the backend that opens it says so
     return out
 
 
