@@ -289,7 +289,7 @@ class Bundle:
         if graph.heatmaps == "raw" and graph.feature_size != spec.feature_size:
             raise BundleError(f"{where} graph feature_size {graph.feature_size} differs from the "
                               f"spec's {spec.feature_size}")
-        fp32 = GRAPH_FILES["fp32"]
+        fp32 = FP32_GRAPH
         if fp32 in self.files:
             dims = onnx_output_dims(self.root / fp32)
             classes = dims.get(OUTPUT_NAMES[0])

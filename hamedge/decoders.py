@@ -14,6 +14,11 @@ manylinux wheels for x86_64 and aarch64, Python 3.10 and 3.11):
 pydicom refuses GDCM for 12-bit JPEG Extended although GDCM decodes it correctly (it first
 tries its 8-bit codec, then retries with the 12-bit one); `_decode_jpeg12` registers that path
 as a plugin of our own, tried after pydicom's.
+
+GDCM crashes the process (a segmentation fault, found by the mutation fuzzer) when a frame's
+own header disagrees with the DICOM header it is given (it sizes its buffer from DICOM, decodes
+by the frame). So GDCM is always tried last, and only on a frame whose JPEG / JPEG-LS / JPEG 2000
+header matches the DICOM Rows, Columns, Samples per Pixel and bit depth (`_frame_fits`).
 """
 
 from __future__ import annotations
@@ -30,12 +35,12 @@ SYNTAX_PACKAGES: dict[str, tuple[str, ...]] = {
     uid.DeflatedExplicitVRLittleEndian: NATIVE,
     uid.ExplicitVRBigEndian: NATIVE,
     uid.RLELossless: ("pylibjpeg-rle", "pydicom"),
-    uid.JPEGBaseline8Bit: ("python-gdcm", "pillow"),
+    uid.JPEGBaseline8Bit: ("pillow", "python-gdcm"),
     uid.JPEGExtended12Bit: ("python-gdcm",),
     uid.JPEGLossless: ("python-gdcm",),
     uid.JPEGLosslessSV1: ("python-gdcm",),
     uid.JPEGLSLossless: ("pyjpegls", "python-gdcm"),
-    uid.JPEGLSNearLossless: ("pyjpegls", "python-gdcm"),
+    uid.JPEGLSNearLossless: ("pyjpegls", "python-gdcm"),  # pyjpegls first: GDCM fails some depths
     uid.JPEG2000Lossless: ("pylibjpeg-openjpeg", "python-gdcm"),
     uid.JPEG2000: ("pylibjpeg-openjpeg", "python-gdcm"),
     uid.HTJ2KLossless: ("pylibjpeg-openjpeg",),
@@ -54,20 +59,110 @@ _lock = threading.Lock()
 _installed = False
 
 # pydicom plugin protocol (pydicom.pixels.common.CoderBase.add_plugin)
-DECODER_DEPENDENCIES = {uid.JPEGExtended12Bit: ("gdcm>=3.0.10",)}
+_GDCM_SYNTAXES = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
+                  uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000)
+DECODER_DEPENDENCIES = {syntax: ("gdcm>=3.0.10",) for syntax in _GDCM_SYNTAXES}
+DECODER_DEPENDENCIES[uid.RLELossless] = ("pylibjpeg>=2.0", "pylibjpeg-rle>=2.0")
+_CHECKED_LABEL = "gdcm-checked"
+_RLE_LABEL = "pylibjpeg-rle-guarded"
 
 
 def is_available(syntax: str) -> bool:
+    import importlib.util
+
+    if syntax == uid.RLELossless:
+        return importlib.util.find_spec("rle") is not None and importlib.util.find_spec("pylibjpeg") is not None
+    return syntax in _GDCM_SYNTAXES and importlib.util.find_spec("gdcm") is not None
+
+
+def _rle_guarded(src: bytes, runner) -> bytes:
+    """pylibjpeg-rle, whose Rust core panics on some corrupt segments with a PanicException that
+    is not an Exception (pydicom would not fall back): turned into a ValueError, so pydicom's own
+    RLE decoder gets its turn."""
+    from pydicom.pixels.decoders.pylibjpeg import _decode_frame
+
     try:
-        import gdcm  # noqa: F401
-    except ImportError:
-        return False
-    return syntax in DECODER_DEPENDENCIES
+        return _decode_frame(src, runner)
+    except Exception:
+        raise
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ValueError(f"pylibjpeg-rle failed: {str(exc).splitlines()[0][:120]}") from None
+
+
+def _jpeg_frame(src: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, height, width, components) from a JPEG / JPEG-LS frame's SOF segment."""
+    if src[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(src):
+        if src[pos] != 0xFF:
+            return None
+        marker = src[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(src[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(src) or marker == 0xDA:  # SOS before any SOF
+            return None
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            seg = src[pos + 4:pos + 2 + length]
+            if len(seg) < 6:
+                return None
+            return seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+        pos += 2 + length
+    return None
+
+
+def _j2k_frame(src: bytes) -> tuple[int, int, int, int] | None:
+    """(max precision, height, width, components) from a JPEG 2000 codestream's SIZ segment."""
+    start = src.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a JP2 file wraps the codestream)
+    if start < 0 or start > 512:
+        return None
+    seg = src[start + 4:]
+    if len(seg) < 38:
+        return None
+    xsiz, ysiz = int.from_bytes(seg[4:8], "big"), int.from_bytes(seg[8:12], "big")
+    xo, yo = int.from_bytes(seg[12:16], "big"), int.from_bytes(seg[16:20], "big")
+    comps = int.from_bytes(seg[36:38], "big")
+    if len(seg) < 38 + 3 * comps or comps == 0:
+        return None
+    precision = max((seg[38 + 3 * i] & 0x7F) + 1 for i in range(comps))
+    return precision, ysiz - yo, xsiz - xo, comps
+
+
+def _frame_fits(src: bytes, runner) -> None:
+    """Raise unless the frame's own header matches the DICOM header (GDCM's precondition)."""
+    syntax = runner.transfer_syntax
+    frame = _j2k_frame(src) if syntax in (uid.JPEG2000Lossless, uid.JPEG2000) else _jpeg_frame(src)
+    if frame is None:
+        raise ValueError("the frame has no readable JPEG header")
+    precision, height, width, components = frame
+    allocated = 8 if precision <= 8 else 16 if precision <= 16 else 32
+    if (height, width) != (runner.rows, runner.columns) or components != runner.samples_per_pixel \
+            or runner.bits_allocated != allocated:
+        raise ValueError(f"the frame's header ({width}x{height}, {components} component(s), "
+                         f"{precision} bit) does not match the DICOM header ({runner.columns}x"
+                         f"{runner.rows}, {runner.samples_per_pixel}, {runner.bits_allocated} bit)")
+
+
+def _gdcm_checked(src: bytes, runner) -> bytes:
+    """pydicom's GDCM plugin, on frames that pass `_frame_fits` only."""
+    from pydicom.pixels.decoders.gdcm import _decode_frame
+
+    _frame_fits(src, runner)
+    return _decode_frame(src, runner)
 
 
 def _decode_jpeg12(src: bytes, runner) -> bytes:
     """One 12-bit JPEG Extended frame through GDCM (a pydicom decoding-plugin function)."""
     import gdcm
+
+    _frame_fits(src, runner)
 
     fragment = gdcm.Fragment()
     fragment.SetByteStringValue(src)
@@ -102,11 +197,26 @@ def install() -> None:
     with _lock:
         if _installed:
             return
-        from pydicom.pixels.decoders import JPEGExtended12BitDecoder
+        from pydicom.pixels import get_decoder
 
-        if _PLUGIN_LABEL not in JPEGExtended12BitDecoder._available and \
-                _PLUGIN_LABEL not in JPEGExtended12BitDecoder._unavailable:
-            JPEGExtended12BitDecoder.add_plugin(_PLUGIN_LABEL, ("hamedge.decoders", "_decode_jpeg12"))
+        for syntax in _GDCM_SYNTAXES:  # GDCM last, behind its header check
+            decoder = get_decoder(syntax)
+            known = set(decoder._available) | set(decoder._unavailable)
+            if "gdcm" in known:
+                decoder.remove_plugin("gdcm")
+            if _CHECKED_LABEL not in known:
+                decoder.add_plugin(_CHECKED_LABEL, ("hamedge.decoders", "_gdcm_checked"))
+            if syntax == uid.JPEGExtended12Bit and _PLUGIN_LABEL not in known:
+                decoder.add_plugin(_PLUGIN_LABEL, ("hamedge.decoders", "_decode_jpeg12"))
+        rle = get_decoder(uid.RLELossless)
+        known = set(rle._available) | set(rle._unavailable)
+        if _RLE_LABEL not in known:  # first, pydicom's numpy decoder behind it
+            if "pylibjpeg" in known:
+                rle.remove_plugin("pylibjpeg")
+            native = rle._available.pop("pydicom", None)
+            rle.add_plugin(_RLE_LABEL, ("hamedge.decoders", "_rle_guarded"))
+            if native is not None:
+                rle._available["pydicom"] = native
         _installed = True
 
 

@@ -27,7 +27,7 @@ import stat
 import struct
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,10 @@ def check_size(path, width: int, height: int, samples: int = 1, bits: int = 8) -
 # collector of the thread that raised it; warnings from threads not collecting go to the log.
 
 _local = threading.local()
-_previous_showwarning = None
+_router_lock = threading.Lock()
+# Warnings attributed to these modules are shown every time (not once per code location), so
+# each file's row gets its own: they all pass through the router, never to the terminal.
+_LIBRARIES = r"(pydicom|PIL|numpy|cv2|gdcm|pylibjpeg|openjpeg|rle|jpeg_ls|hamedge)(\.|$)"
 
 
 def _route_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -121,10 +124,18 @@ def _route_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def _install_warning_router() -> None:
-    global _previous_showwarning
-    if warnings.showwarning is not _route_warning:
-        _previous_showwarning = warnings.showwarning
-        warnings.showwarning = _route_warning
+    if warnings.showwarning is _route_warning and _has_always_filter():
+        return
+    with _router_lock:  # another tool (pytest, an application) may have reset either
+        if warnings.showwarning is not _route_warning:
+            warnings.showwarning = _route_warning
+        if not _has_always_filter():
+            warnings.filterwarnings("always", module=_LIBRARIES)
+
+
+def _has_always_filter() -> bool:
+    return any(f[0] == "always" and f[3] is not None and getattr(f[3], "pattern", None) == _LIBRARIES
+               for f in warnings.filters)
 
 
 @contextlib.contextmanager
@@ -312,6 +323,8 @@ def _read_dicom(path: Path, handle) -> np.ndarray:
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     syntax = ds.file_meta.TransferSyntaxUID
+    if not getattr(syntax, "is_transfer_syntax", False):
+        raise DataError(f"{path}: unknown DICOM transfer syntax {str(syntax)[:64]!r}")
     if "PixelData" in ds and getattr(syntax, "is_compressed", False):
         from pydicom.pixels import get_decoder
 
@@ -462,13 +475,14 @@ def _first(value) -> float:
 
 
 def find_images(root: str | os.PathLike, glob: str | None = None, recursive: bool = True,
-                exclude: Iterable[str | os.PathLike] = ()) -> tuple[list[Path], dict[str, int]]:
+                exclude: Iterable[str | os.PathLike] = (),
+                prune: Callable[[str], bool] | None = None) -> tuple[list[Path], dict[str, int]]:
     """Image files under ``root`` (a folder, or one file), sorted.
 
     Hidden files and folders (leading '.') are skipped; so are files whose suffix is not an image
     suffix unless they carry the DICOM preamble, and anything that is not a regular file (FIFOs,
-    devices, sockets: never opened). Folders in ``exclude`` (e.g. the results folder) are not
-    entered. ``glob`` (e.g. '*.png') restricts the names. Returns (paths, skipped) where skipped
+    devices, sockets: never opened). Folders in ``exclude`` (e.g. the results folder), and those
+    for which ``prune(path)`` is true, are not entered. ``glob`` (e.g. '*.png') restricts the names. Returns (paths, skipped) where skipped
     counts {'hidden': n, 'not_image': n, 'not_a_file': n}.
     """
     root = Path(root)
@@ -485,7 +499,8 @@ def find_images(root: str | os.PathLike, glob: str | None = None, recursive: boo
         hidden_dirs = [d for d in dirs if d.startswith(".")]
         skipped["hidden"] += len(hidden_dirs)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and os.path.realpath(os.path.join(folder, d)) not in excluded)
+                         and os.path.realpath(os.path.join(folder, d)) not in excluded
+                         and not (prune is not None and prune(os.path.join(folder, d))))
         for name in files:
             if name.startswith("."):
                 skipped["hidden"] += 1

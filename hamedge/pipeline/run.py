@@ -30,7 +30,8 @@ from hamedge.errors import DataError, HamedgeError
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
-from hamedge.pipeline.store import HEATMAP_DIR, STATUS_ERROR, STATUS_OK, ResultsStore, safe_record
+from hamedge.pipeline.store import (HEATMAP_DIR, STATUS_ERROR, STATUS_OK, ResultsStore, is_results_folder,
+                                    safe_record)
 
 _log = logging.getLogger("hamedge.pipeline")
 
@@ -128,7 +129,8 @@ def results_exclusion(inputs, out_dir) -> list[str]:
 def discover(inputs, glob: str | None = None,
              exclude: list[str] | None = None) -> tuple[list[Path], dict[str, int]]:
     """Files to run from paths given by the user (files or folders, walked recursively), in order,
-    without duplicates, never from a folder in ``exclude``. A path that does not exist is a user
+    without duplicates, never from a folder in ``exclude`` nor from the results folder of an
+    earlier run found below an input (its heatmaps are not X-rays). A path that does not exist is a user
     error (fatal)."""
     from hamedge.io import find_images
 
@@ -141,7 +143,7 @@ def discover(inputs, glob: str | None = None,
         if not root.exists() and not root.is_symlink():
             raise HamedgeError(f"{root}: no such file or folder")
         if root.is_dir():
-            found, skip = find_images(root, glob, exclude=excluded)
+            found, skip = find_images(root, glob, exclude=excluded, prune=is_results_folder)
             for key, n in skip.items():
                 skipped[key] = skipped.get(key, 0) + n
         else:  # a file named explicitly is always tried (and becomes an error row if bad)

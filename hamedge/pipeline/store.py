@@ -48,6 +48,17 @@ def csv_columns(class_names) -> list[str]:
     return ["path", "status", "reason", "anomaly", *class_names, "findings", "width", "height"]
 
 
+def is_results_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding the results of a hamedge run (its manifest says so)."""
+    manifest = Path(path) / MANIFEST_NAME
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > 1 << 20:
+            return False
+        return json.loads(manifest.read_text(**_TEXT)).get("format") == RESULTS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
