@@ -105,10 +105,13 @@ def check_size(path, width: int, height: int, samples: int = 1, bits: int = 8) -
 # ---------------------------------------------------------------------------------------------
 # Library warnings, per call and thread-safe: warnings.catch_warnings swaps process-wide state
 # and is unsafe across reader threads. One process-wide hook instead hands each warning to the
-# collector of the thread that raised it; warnings from threads not collecting go to the log.
+# collector of the thread that raised it; warnings from other threads are shown as before, or go
+# to the log while `warnings_to_log` is active (the CLI, for every thread of a run).
 
 _local = threading.local()
 _router_lock = threading.Lock()
+_previous_showwarning = None
+_to_log = 0
 # Warnings attributed to these modules are shown every time (not once per code location), so
 # each file's row gets its own: they all pass through the router, never to the terminal.
 _LIBRARIES = r"(pydicom|PIL|numpy|cv2|gdcm|pylibjpeg|openjpeg|rle|jpeg_ls|hamedge)(\.|$)"
@@ -119,15 +122,31 @@ def _route_warning(message, category, filename, lineno, file=None, line=None) ->
     text = f"{category.__name__}: {' '.join(str(message).split())}"
     if sink is not None:
         sink.append(text[:200])
-    else:
+    elif _to_log or _previous_showwarning is None:
         _log.info("%s", text)
+    else:
+        _previous_showwarning(message, category, filename, lineno, file, line)
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Every Python warning, from any thread, goes to the 'hamedge.io' log while active."""
+    global _to_log
+    _install_warning_router()
+    _to_log += 1
+    try:
+        yield
+    finally:
+        _to_log -= 1
 
 
 def _install_warning_router() -> None:
+    global _previous_showwarning
     if warnings.showwarning is _route_warning and _has_always_filter():
         return
     with _router_lock:  # another tool (pytest, an application) may have reset either
         if warnings.showwarning is not _route_warning:
+            _previous_showwarning = warnings.showwarning
             warnings.showwarning = _route_warning
         if not _has_always_filter():
             warnings.filterwarnings("always", module=_LIBRARIES)

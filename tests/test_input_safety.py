@@ -481,3 +481,23 @@ def test_fuzzed_folder_through_hamedge_infer_gives_rows_and_a_clean_terminal(tin
         assert row["status"] in ("ok", "error")
         if row["status"] == "ok":
             assert all(math.isfinite(v) for v in row["probabilities"].values())
+
+
+def test_what_c_libraries_print_goes_to_the_verbose_log_not_the_terminal():
+    code = """
+import os, sys
+from hamedge.cli.infer_cmds import _verbose_log, native_stderr_to_log
+with _verbose_log(sys.argv[1] == "1"), native_stderr_to_log():
+    os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\\n")
+    print("summary line", file=sys.stderr)
+"""
+    for verbose in ("0", "1"):
+        run = subprocess.run([sys.executable, "-c", code, verbose], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        lines = run.stderr.splitlines()
+        assert "summary line" in lines
+        raw = [line for line in lines if line.startswith("libpng")]
+        assert not raw, run.stderr
+        logged = [line for line in lines if "library: libpng warning" in line]
+        assert len(logged) == (1 if verbose == "1" else 0), run.stderr

@@ -88,11 +88,24 @@ def native_stderr_to_log():
         os.close(saved)
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time: the terminal, also while fd 2 is redirected
+    by native_stderr_to_log (which points sys.stderr at the saved terminal)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _verbose_log(on: bool):
     logger = logging.getLogger("hamedge")
     if not on:
         return contextlib.nullcontext()
-    handler = logging.StreamHandler()  # sys.stderr at emit time: the real terminal
+    handler = _TerminalHandler()
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
     @contextlib.contextmanager
@@ -169,7 +182,9 @@ def infer(
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     if out is not None:
         check_out_dir(out)
-    with _verbose_log(verbose), native_stderr_to_log():
+    from hamedge.io import warnings_to_log
+
+    with _verbose_log(verbose), native_stderr_to_log(), warnings_to_log():
         _infer(paths, model, out, backend, precision, device, options, json_out, quiet)
 
 
