@@ -25,3 +25,8 @@ class BundleError(HamedgeError):
 
 class BackendUnavailable(HamedgeError):
     """A backend whose software or hardware is absent on this machine."""
+
+
+class HamedgeWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one
+    'warning: ...' line."""
