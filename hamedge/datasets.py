@@ -240,29 +240,11 @@ def _read_json(path: Path):
         raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _read_list(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def _read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
 
 
-def _read_list(path: Path) -> list[str]:
+def read_list(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -426,25 +408,25 @@ def _load_layout(root: Path, split: str, class_names, unknown: str, val_fraction
         info["split_rule"] = "every image in Annotations/Tags.json"
     elif _is_list_name(split):
         path = find_list(root, split, ("Main",))
-        chosen = _select(records, _read_list(path), str(path))
+        chosen = _select(records, read_list(path), str(path))
         info["split_rule"] = f"image list {path}"
         if (bbox / split).is_file():
-            box_names = set(_read_list(bbox / split))
+            box_names = set(read_list(bbox / split))
     elif (main / f"{split}.txt").is_file():
         path = main / f"{split}.txt"
-        chosen = _select(records, _read_list(path), str(path))
+        chosen = _select(records, read_list(path), str(path))
         info["split_rule"] = f"image list {path}"
-        box_names = set(_read_list(bbox / f"{split}.txt")) if (bbox / f"{split}.txt").is_file() else set()
+        box_names = set(read_list(bbox / f"{split}.txt")) if (bbox / f"{split}.txt").is_file() else set()
     elif split in ("train", "val", "trainval", "test") and (
             (main / NIH_TRAIN_LIST).is_file() or (main / NIH_TEST_LIST).is_file()):
         # The reference repository keeps NIH's official lists under ImageSets/Main.
-        lists = [_read_list(main / n) if (main / n).is_file() else None
+        lists = [read_list(main / n) if (main / n).is_file() else None
                  for n in (NIH_TRAIN_LIST, NIH_TEST_LIST)]
         chosen = _official_split(records, split, lists[0], lists[1],
                                  (f"ImageSets/Main/{NIH_TRAIN_LIST}", f"ImageSets/Main/{NIH_TEST_LIST}"),
                                  val_fraction, seed, info)
         if split == "test" and (bbox / "test_bboxs.txt").is_file():
-            box_names = set(_read_list(bbox / "test_bboxs.txt"))
+            box_names = set(read_list(bbox / "test_bboxs.txt"))
     else:
         have = sorted(p.stem for p in main.glob("*.txt")) if main.is_dir() else []
         raise DataError(f"{root}: no split {split!r} (ImageSets/Main/{split}.txt); "
@@ -559,10 +541,10 @@ def _load_nih_release(root: Path, csv_path: Path, split: str, class_names, unkno
         info["split_rule"] = f"every row of {csv_path.name}"
     elif _is_list_name(split):
         path = find_list(root, split, ("Main",))
-        chosen = _select(records, _read_list(path), str(path))
+        chosen = _select(records, read_list(path), str(path))
         info["split_rule"] = f"image list {path}"
     else:
-        lists = [_read_list(root / n) if (root / n).is_file() else None
+        lists = [read_list(root / n) if (root / n).is_file() else None
                  for n in (NIH_TRAIN_LIST, NIH_TEST_LIST)]
         chosen = _official_split(records, split, lists[0], lists[1], (NIH_TRAIN_LIST, NIH_TEST_LIST),
                                  val_fraction, seed, info)
@@ -711,7 +693,7 @@ def _load_chexpert(root: Path, split: str, class_names, unknown: str, uncertain:
     else:
         path = find_list(root, split, ("Main",))
         whole = read("train.csv") if (root / "train.csv").is_file() else read("valid.csv")
-        labelled = whole.subset(_select(whole.records, _read_list(path), str(path)))
+        labelled = whole.subset(_select(whole.records, read_list(path), str(path)))
         labelled.info["split_rule"] = f"image list {path}"
     labelled.info.update(info)
     if boxes is not None:
@@ -774,7 +756,7 @@ def load_dataset(root: str | os.PathLike, split: str | None = "test",
                                       val_fraction, split_seed, info)
     if box_list is not None:
         base = labelled.root
-        names = set(_read_list(find_list(base, str(box_list), ("bbox", "Main"))))
+        names = set(read_list(find_list(base, str(box_list), ("bbox", "Main"))))
         for r in labelled.records:
             r.box_supervised = r.name in names
         labelled.info["box_list"] = str(box_list)
