@@ -85,16 +85,36 @@ def shutdown() -> None:
 # Sums over the batch and over the ranks
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x. Every rank computes the same function of y, so the gradient
+    reaching x is the sum of the ranks' gradients with respect to y (an all-reduce again)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        y = x.clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def sum_over_ranks(x: torch.Tensor, group) -> torch.Tensor:
+    return _SumOverRanks.apply(x, group)
+
+
 def global_sums(world: World, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor summed over its first (batch) axis, then over all ranks in one differentiable
     all-reduce. Returns tensors of the remaining shapes."""
     local = [t.sum(0) for t in tensors]
     if not world.distributed:
         return local
-    from torch.distributed.nn.functional import all_reduce
-
     flat = torch.cat([t.reshape(-1).float() for t in local])
-    total = all_reduce(flat, group=world.group)
+    total = sum_over_ranks(flat, world.group)
     out, start = [], 0
     for t in local:
         out.append(total[start:start + t.numel()].reshape(t.shape).to(t.dtype))
@@ -113,21 +133,21 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.group is None:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
-        count = torch.full((1,), float(x.numel() // c), device=x.device)
-        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count])
-        stats = all_reduce(stats, group=self.group)
+        xd = x.double()  # E[x^2] - E[x]^2 cancels badly in float32 when |mean| >> std
+        count = torch.full((1,), float(x.numel() // c), device=x.device, dtype=torch.float64)
+        stats = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), count])
+        stats = sum_over_ranks(stats, self.group)
         n = stats[-1]
         mean = stats[:c] / n
-        var = stats[c:2 * c] / n - mean * mean  # biased, as BatchNorm normalises with
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises
+        mean, var = mean.float(), var.float()
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach() * m)
-            self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
+            self.running_var.mul_(1 - m).add_(var.detach() * float(n / (n - 1)) * m)
         y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
         return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
 

@@ -432,7 +432,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     from hamedge.model.network import HAM
     from training.data import HAMDataset
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if not world.is_main:
         console = Console(stderr=True, quiet=True)
         warnings.simplefilter("ignore", DataWarning)
@@ -514,7 +514,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
                 write_text(out / "splits" / f"{name}.txt",
                            "".join(r.name + "\n" for r in labelled.records))
         for line in _data_lines(sets):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
 
     dataset = HAMDataset(train_set, spec, train=True, augment=config.augment, seed=config.seed,
                          resize_factor=config.resize_factor)
