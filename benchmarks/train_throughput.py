@@ -1,0 +1,127 @@
+"""Training throughput: images/s of `hamedge train` with 1 and 2 processes (gloo, CPU, same global
+batch, synchronised BatchNorm), measured side by side in one run, and the data loader alone
+(HAMDataset + the distributed sampler, 0 and 2 workers), so one can see whether loading keeps up.
+
+    .venv/bin/python benchmarks/train_throughput.py [--out benchmarks/results/train_cpu]
+
+Writes <out>.json and <out>.md with the machine (CPU model), date, git commit and load average.
+On a GPU machine pass --amp bf16 to time mixed precision as well (one process per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                   if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "date": datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec="seconds"), "commit": commit, "load_average": os.getloadavg(),
+            "note": "shared machine, busy with other jobs while measuring: absolute numbers are "
+                    "low and noisy; compare the ratios of this one run"}
+
+
+def loader_rate(data: Path, size: int, workers: int, batch: int, steps: int) -> float:
+    import torch
+
+    from hamedge.datasets import load_dataset
+    from hamedge.spec import ModelSpec
+    from training.data import HAMDataset
+    from training.distributed import StepSampler, World
+    from training.train import _collate
+
+    labelled = load_dataset(data, "train")
+    spec = ModelSpec(arch="resnet18", output_stride=32, input_size=size,
+                     class_names=labelled.class_names)
+    dataset = HAMDataset(labelled, spec, train=True, cache=False)
+    sampler = StepSampler(len(dataset), batch, 1, World(), seed=0, steps=steps)
+    sampler.set_epoch(1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler,
+                                         num_workers=workers, collate_fn=_collate)
+    t0 = time.perf_counter()
+    n = sum(b["image"].shape[0] for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def train_rate(data: Path, out: Path, size: int, nproc: int, batch: int, steps: int,
+               amp: str) -> dict:
+    args = [sys.executable, "-c", "from hamedge.cli import main; main()", "train", "--data",
+            str(data), "--out", str(out), "--output-stride", "32", "--img-size", str(size),
+            "--batch-size", str(batch), "--epochs", "1", "--limit-batches", str(steps),
+            "--val-split", "none", "--sync-bn", "--lr", "1e-3", "--amp", amp]
+    cores = os.cpu_count() or 1
+    args += ["--nproc", str(nproc)] if nproc > 1 else ["--threads", str(cores)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(max(1, cores // nproc)))
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(result.stderr)
+    entry = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    return {"processes": nproc, "images_per_second": entry["images_per_second"],
+            "data_wait_share": entry["data_wait_share"], "train_images": entry["train_images"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_cpu"))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--amp", default="off")
+    args = parser.parse_args()
+    from hamedge.synth import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        generate(data, 120, seed=0, size=512, workers=1)
+        rows = {"loader": [], "train": []}
+        for workers in (0, 2):
+            rows["loader"].append({"workers": workers, "images_per_second": round(
+                loader_rate(data, args.size, workers, args.batch, args.steps), 1)})
+        for nproc in (1, 2):
+            rows["train"].append(train_rate(data, Path(tmp) / f"run{nproc}", args.size, nproc,
+                                            args.batch, args.steps, args.amp))
+    report = {"machine": machine(), "setup": {
+        "model": f"resnet18 stride 32, {args.size} px, sync BN", "global_batch": args.batch,
+        "steps": args.steps, "amp": args.amp, "data": "120 synthetic 512 px PNGs (decode + resize + augment)"},
+        **rows}
+    one, two = rows["train"][0]["images_per_second"], rows["train"][1]["images_per_second"]
+    report["train_2_over_1"] = round(two / one, 3) if one else None
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    lines = [f"# Training throughput ({m['cpu']}, {m['cores']} cores)", "",
+             f"{m['date']}, commit {m['commit']}, load average {m['load_average']}. {m['note']}.", "",
+             f"Setup: {report['setup']}", "", "| what | images/s | data wait |", "| --- | --- | --- |"]
+    for row in rows["loader"]:
+        lines.append(f"| data loader alone, {row['workers']} workers | {row['images_per_second']} | - |")
+    for row in rows["train"]:
+        lines.append(f"| train, {row['processes']} process(es) | {row['images_per_second']} | "
+                     f"{100 * row['data_wait_share']:.1f}% |")
+    lines.append("")
+    lines.append(f"2 processes / 1 process: {report['train_2_over_1']}x")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
