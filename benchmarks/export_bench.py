@@ -2,7 +2,7 @@
 
 Measures, in one run on one machine:
 1. wall time of `hamedge export --int8` (a subprocess, as a user runs it) on the default model;
-2. ONNX Runtime CPU throughput of the fp32 graph and both INT8 forms (TensorRT S8S8, CPU U8S8)
+2. ONNX Runtime CPU throughput of the fp32 graph and both INT8 targets (tensorrt S8S8, cpu U8S8)
    against the PyTorch eager forward of the same model, at batch 1 and 8, same inputs.
 Writes benchmarks/results/export_cpu.{json,md} (machine, date, commit). When the packaged demo
 model is missing, a freshly initialised model of the demo's shape stands in (and says so): speed
@@ -129,8 +129,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sessions = {name: ort.InferenceSession(str(bundle_dir / f), providers=["CPUExecutionProvider"])
                 for name, f in (("onnxruntime fp32", "model.onnx"),
-                                ("onnxruntime int8 S8S8 (TensorRT form)", "model.int8.onnx"),
-                                ("onnxruntime int8 U8S8 (CPU form)", "model.int8.cpu.onnx"))}
+                                ("onnxruntime int8 S8S8 (target tensorrt)", "model.int8.onnx"),
+                                ("onnxruntime int8 U8S8 (target cpu)", "model.int8.cpu.onnx"))}
     for batch_size in (1, 8):
         x1 = rng.normal(size=(batch_size, bundle.graph.input_channels, spec.input_size,
                               spec.input_size)).astype(np.float32)
@@ -159,10 +159,10 @@ def main() -> None:
         "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "export_int8_seconds": round(export_s, 1),
         "export_command": "hamedge export CKPT --out DIR --int8 " + args.extra_args,
-        "int8_guard": {form: {k: acc[form].get(k) for k in ("mean_auc_delta", "anomaly_auc_delta",
+        "int8_guard": {target: {k: acc[target].get(k) for k in ("mean_auc_delta", "anomaly_auc_delta",
                                                            "mean_tiou@0.3_delta", "passed")}
-                       | {"heatmap_mean_iou": acc[form]["heatmap_agreement"]["mean_iou"]}
-                       for form in acc},
+                       | {"heatmap_mean_iou": acc[target]["heatmap_agreement"]["mean_iou"]}
+                       for target in acc},
         "excluded_nodes": cal.get("excluded_nodes"),
         "throughput": runs,
     }
@@ -175,7 +175,7 @@ def main() -> None:
              f"{report['load_average_1m']['start']} at start, {report['load_average_1m']['end']} "
              "at end (other work shared the 2 cores: absolute numbers are pessimistic).",
              f"Model: {spec.arch}, stride {spec.output_stride}, {spec.input_size} px ({note}).", "",
-             f"Export with `--int8` (calibration + both Q/DQ forms + accuracy guard): "
+             f"Export with `--int8` (calibration + both Q/DQ targets + accuracy guard): "
              f"**{export_s:.1f} s** wall.", "",
              "| batch | runner | ms / image (median) | images / s | vs torch eager |",
              "| --- | --- | ---: | ---: | ---: |"]
@@ -185,11 +185,11 @@ def main() -> None:
             lines.append(f"| {batch_name.split()[1]} | {name} | {r['ms_per_image_median']:.1f} | "
                          f"{r['images_per_s']:.1f} | {base / r['ms_per_image_median']:.2f}x |")
     lines += ["", "INT8 guard on the held-out set (INT8 minus fp32):", "",
-              "| form | mean AUC | anomaly AUC | T(IoU=0.3) | heatmap IoU vs fp32 | passed |",
+              "| target | mean AUC | anomaly AUC | T(IoU=0.3) | heatmap IoU vs fp32 | passed |",
               "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for form, g in report["int8_guard"].items():
+    for target, g in report["int8_guard"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:+.4f}"  # noqa: E731
-        lines.append(f"| {form} | {fmt(g['mean_auc_delta'])} | {fmt(g['anomaly_auc_delta'])} | "
+        lines.append(f"| {target} | {fmt(g['mean_auc_delta'])} | {fmt(g['anomaly_auc_delta'])} | "
                      f"{fmt(g['mean_tiou@0.3_delta'])} | {g['heatmap_mean_iou'] or 0:.3f} | "
                      f"{g['passed']} |")
     lines += ["", f"Layers kept in float by the guard: {len(cal.get('excluded_nodes') or [])}.",

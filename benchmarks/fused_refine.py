@@ -4,7 +4,7 @@
 methods interleaved repeat by repeat (so background load hits them alike), median of repeats.
 Methods:
   reference_torch  the reference repository's way: F.interpolate, a per-map min/max loop, sigmoid
-  naive_torch      hamedge.ops.torch_refine (the same chain, vectorised over maps)
+  naive_torch      hamedge.kernels.torch_refine (the same chain, vectorised over maps)
   reference_numpy  hamedge.ops.refine.refine_reference
   fused_numpy      hamedge.ops.refine.refine (float32 out), and fused_numpy_u8 (uint8 out)
   fused_torch_op   torch.ops.hamedge.fused_refine on CPU
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from hamedge.fsutil import write_text  # noqa: E402
 from hamedge.ops.refine import refine, refine_reference  # noqa: E402
-from hamedge.ops.torch_op import refine_torch  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.torch_op import refine_torch  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
 
 
 def reference_torch(cams: torch.Tensor, size, gain=100.0, center=0.4) -> torch.Tensor:

@@ -3,7 +3,7 @@ not run in the CPU-only development sessions (no GPU there). Run: python benchma
 
 For 15 maps at 16/32/64 px -> 512x512, batch 1, 8 and 32:
   - correctness on the GPU: Triton kernel vs the numpy reference (max abs diff, must be < 1e-3);
-  - time of the unfused torch chain (hamedge.ops.torch_refine) vs the Triton kernel
+  - time of the unfused torch chain (hamedge.kernels.torch_refine) vs the Triton kernel
     (fp32 and fp16 output), CUDA events, median of repeats;
   - the bandwidth floor: the time to write the output once (a device-to-device copy of the same
     number of bytes gives the achieved write+read bandwidth; floor = bytes / (copy_bytes_per_s / 2)
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from hamedge.fsutil import write_text  # noqa: E402
 from hamedge.ops.refine import refine_reference  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
-from hamedge.ops.triton_refine import triton_refine  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.triton_refine import triton_refine  # noqa: E402
 
 
 def cuda_ms(fn, repeats=50) -> float:

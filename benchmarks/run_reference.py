@@ -99,7 +99,7 @@ def default_model(work: Path) -> tuple[list[str], str]:
 def resnet50_bundle(work: Path) -> Path:
     """A resnet50/stride-8/512 HAM with random weights (BatchNorm statistics randomised so the
     activations are not degenerate), exported with INT8 calibrated on 16 synthetic images."""
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
     from hamedge.spec import ModelSpec
 
     target = work / "resnet50-s8-512.hamedge"

@@ -46,9 +46,9 @@ def loader_rate(data: Path, size: int, workers: int, batch: int, steps: int) -> 
 
     from hamedge.datasets import load_dataset
     from hamedge.spec import ModelSpec
-    from training.data import HAMDataset
-    from training.distributed import StepSampler, World
-    from training.train import _collate
+    from hamedge.training.data import HAMDataset
+    from hamedge.training.distributed import StepSampler, World
+    from hamedge.training.train import _collate
 
     labelled = load_dataset(data, "train")
     spec = ModelSpec(arch="resnet18", output_stride=32, input_size=size,

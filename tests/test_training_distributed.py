@@ -126,7 +126,7 @@ def test_kill_one_rank_then_resume_with_one_process(data, tmp_path):
 
 def test_a_failing_rank_stops_the_run_with_one_line(data, tmp_path):
     from hamedge.datasets import load_dataset
-    from training.distributed import StepSampler, World
+    from hamedge.training.distributed import StepSampler, World
 
     bad = tmp_path / "data"
     import shutil

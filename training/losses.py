@@ -1,7 +1,7 @@
 """The five HAM training losses, as the reference's train() computes them (HAM.md "Training losses").
 
 Inputs are one batch's network outputs (hamedge.model.network.HAMOutput, refined class maps
-included) and the batch from training.data.HAMDataset: labels (B, K), masks (B, K, S, S) box masks,
+included) and the batch from hamedge.training.data.HAMDataset: labels (B, K), masks (B, K, S, S) box masks,
 box_flag (B, 1) = the image's boxes may supervise, box_tags (B, K) = classes with a box on it.
 
 Every "mean" below is a ratio of sums over the batch, so a batch split over processes gives the

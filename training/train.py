@@ -48,8 +48,8 @@ from torch import nn
 from hamedge.errors import DataError, HamedgeError
 from hamedge.fsutil import write_bytes, write_text
 from hamedge.spec import ModelSpec
-from training import distributed
-from training.losses import LossWeights, batch_losses
+from hamedge.training import distributed
+from hamedge.training.losses import LossWeights, batch_losses
 
 LOSS_KEYS = ("ano", "cls", "ex_cls", "bound", "union", "total")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -221,9 +221,7 @@ def torch_predict_fn(model: torch.nn.Module, device: torch.device | None = None,
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
         with torch.no_grad(), _autocast(device, amp):
             out = model(x, refine=False)
-        maps = torch.cat((out.anomaly_cam, out.class_cams), dim=1).float()
-        return (torch.sigmoid(out.class_logits.float()).cpu().numpy(),
-                torch.sigmoid(out.anomaly_logit.float()).cpu().numpy(), maps.cpu().numpy())
+        return tuple(t.float().cpu().numpy() for t in out.graph_outputs())
     return predict
 
 
@@ -430,7 +428,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     from hamedge.datasets import DataWarning
     from hamedge.model.checkpoint import load_checkpoint, save_checkpoint
     from hamedge.model.network import HAM
-    from training.data import HAMDataset
+    from hamedge.training.data import HAMDataset
 
     console = console or Console(stderr=True, soft_wrap=True)
     if not world.is_main:

@@ -124,15 +124,15 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch threads per process."),
 ) -> None:
     """Train a HAM model (the five HAM losses, one process or many); writes best.safetensors."""
-    from training import distributed
-    from training.train import TrainConfig, check_config, train
+    from hamedge.training import distributed
+    from hamedge.training.train import TrainConfig, check_config, train
 
     given = _given(ctx)
     given.pop("out")
     values: dict[str, object] = {}
     reference_raw = None
     if config_file is not None:
-        from training.reference_config import read_reference_config, reference_gpus
+        from hamedge.training.reference_config import read_reference_config, reference_gpus
 
         values, reference_raw = read_reference_config(config_file)
         given.pop("config_file")
@@ -142,7 +142,7 @@ def train_cmd(
         if name == "classes":
             value = _classes(value)
         elif name == "loss_weights":
-            from training.losses import LossWeights
+            from hamedge.training.losses import LossWeights
 
             value = LossWeights.parse(value)
         elif name in ("data", "init"):
@@ -216,7 +216,7 @@ def evaluate_cmd(
     from hamedge.datasets import check_data_options
     from hamedge.fsutil import write_text
     from hamedge.metrics import format_table
-    from training.evaluate import evaluate_checkpoint
+    from hamedge.training.evaluate import evaluate_checkpoint
 
     check_data_options(split, uncertain, val_fraction)
     result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size,
