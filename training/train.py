@@ -83,7 +83,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     loss_weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # None: on GPUs min(8, cores per process), on CPUs 0 (the
+    # model's threads already use every core there)
     pin_memory: bool | None = None  # None: on when training on a GPU
     persistent_workers: bool = True  # with workers > 0
     prefetch_factor: int = 2
@@ -153,8 +154,10 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     for name in ("epochs", "batch_size", "accum_steps", "lr_step", "val_batch_size", "val_every",
                  "prefetch_factor", "input_size"):
         whole("--" + name.replace("_", "-"), getattr(config, name))
-    for name in ("workers", "save_every", "seed", "split_seed"):
+    for name in ("save_every", "seed", "split_seed"):
         whole("--" + name.replace("_", "-"), getattr(config, name), 0)
+    if config.workers is not None:
+        whole("--workers", config.workers, 0)
     for name in ("limit_batches", "limit_val", "threads"):
         if getattr(config, name) is not None:
             whole("--" + name.replace("_", "-"), getattr(config, name))
@@ -523,11 +526,15 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
         raise DataError(f"{len(dataset)} training images are fewer than one batch "
                         f"of {config.batch_size}")
     pin = device.type == "cuda" if config.pin_memory is None else config.pin_memory
+    workers = config.workers
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 1) // world.local_size)) \
+            if device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=sampler.micro_batch, sampler=sampler, num_workers=config.workers,
+        dataset, batch_size=sampler.micro_batch, sampler=sampler, num_workers=workers,
         collate_fn=_collate, pin_memory=pin,
-        persistent_workers=config.persistent_workers and config.workers > 0,
-        prefetch_factor=config.prefetch_factor if config.workers > 0 else None)
+        persistent_workers=config.persistent_workers and workers > 0,
+        prefetch_factor=config.prefetch_factor if workers > 0 else None)
 
     net: nn.Module = model
     if world.distributed:

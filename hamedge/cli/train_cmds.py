@@ -84,7 +84,7 @@ def train_cmd(
                                                           "bound=0.001,union=0.001'."),
     seed: Optional[int] = typer.Option(None, help="Weights, shuffling, augmentation [0]."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes per "
-                                          "process [0]."),
+                                          "process [GPU: min(8, cores per process); CPU: 0]."),
     pin_memory: Optional[bool] = typer.Option(None, "--pin-memory/--no-pin-memory",
                                               help="[on with GPUs]"),
     train_split: Optional[str] = typer.Option(None, help="Split or image list to train on "
