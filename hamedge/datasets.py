@@ -318,6 +318,14 @@ def check_disjoint(splits: dict[str, Iterable[Record]]) -> None:
                         "(--allow-patient-overlap accepts such lists as they are)")
 
 
+def _count_files(records: Sequence[Record], source: str, info: dict) -> None:
+    """Record how many rows of the whole labels file have no image file: the partial-download
+    warning names this count, which is the same for every split read from that file."""
+    info["source_rows"] = len(records)
+    info["source_missing"] = sum(1 for r in records if not r.path.is_file())
+    info["source"] = source
+
+
 def _keep_present(records: list[Record], where: str, require_all: bool, info: dict) -> list[Record]:
     """Drop records without an image file (partial downloads), with one warning line."""
     absent = sum(1 for r in records if not r.path.is_file())
@@ -331,8 +339,12 @@ def _keep_present(records: list[Record], where: str, require_all: bool, info: di
     if absent == len(records):
         raise DataError(f"{where}: none of the {len(records)} listed images has a file "
                         f"(e.g. {records[0].path})")
-    _warn(f"{where}: {absent} of {len(records)} rows have no image file (partial download?); "
-          f"using the {len(records) - absent} present")
+    if "source_rows" in info:  # the same text for every split: Python shows it once
+        _warn(f"{info['source']}: {info['source_missing']} of {info['source_rows']} rows have no "
+              "image file (partial download?); the images present are used")
+    else:
+        _warn(f"{where}: {absent} of {len(records)} rows have no image file (partial download?); "
+              f"using the {len(records) - absent} present")
     return [r for r in records if r.path.is_file()]
 
 
@@ -401,6 +413,7 @@ def _load_layout(root: Path, split: str, class_names, unknown: str, val_fraction
         records.append(Record(name, root / "images" / name, labels, boxes, False, None,
                               nih_patient(name)))
     match.finish(str(root))
+    _count_files(records, str(root / "Annotations" / "Tags.json"), info)
     info["layout"] = "synthetic" if (root / "dataset.json").is_file() else "nih-layout"
     main, bbox = root / "ImageSets" / "Main", root / "ImageSets" / "bbox"
 
@@ -535,6 +548,7 @@ def _load_nih_release(root: Path, csv_path: Path, split: str, class_names, unkno
                       val_fraction: float, seed: int, info: dict) -> LabelledSet:
     class_names = tuple(class_names or NIH_CLASSES)
     records = _read_nih_release(csv_path, class_names, unknown, root / NIH_BBOX_CSV)
+    _count_files(records, str(csv_path), info)
     info.update(layout="nih-release", labels=csv_path.name,
                 image_folders=[str(p.relative_to(root)) if p != root else "."
                                for p in nih_image_folders(root)])
@@ -555,7 +569,7 @@ def _load_nih_release(root: Path, csv_path: Path, split: str, class_names, unkno
 
 def load_nih_csv(root: str | os.PathLike, csv: str | None = None,
                  bbox_csv: str | None = NIH_BBOX_CSV, split: str | None = None,
-                 images_dir: str | None = None, class_names: Sequence[str] | None = None,
+                 class_names: Sequence[str] | None = None,
                  unknown: str = "error") -> LabelledSet:
     """Every row (``split`` None) or a split of NIH's release; see load_dataset. ``csv`` defaults
     to the Data_Entry file present. Images listed in the box CSV are ``box_supervised``."""

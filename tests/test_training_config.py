@@ -90,3 +90,31 @@ def test_bf16_autocast_and_persistent_workers_train(fold_data, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "amp" / "history.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert all(np.isfinite(v) for line in lines for v in line["loss"].values())
+
+
+def test_train_on_a_partial_nih_release_says_so_once(tmp_path, nih_images, capsys):
+    import shutil
+
+    from hamedge.cli import run_app
+    from tests.test_datasets_release import write_nih_release
+
+    root = write_nih_release(tmp_path / "nih", nih_images)
+    (root / "images_002" / "images" / "00000005_000.png").unlink()  # an archive cut short
+    run = tmp_path / "run"
+    rc = run_app(["train", "--data", str(root), "--out", str(run), "--output-stride", "32",
+                  "--img-size", str(SIZE), "--batch-size", "4", "--epochs", "1",
+                  "--limit-batches", "1", "--lr", "1e-3", "--val-fraction", "0.25"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warnings_ = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1 and "1 of 24 rows have no image file" in warnings_[0], err
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["train"]["images"] + splits["val"]["images"] == 17
+    assert "by patient" in splits["val"]["split_rule"] and splits["test"]["images"] == 6
+    train_names = set((run / "splits" / "train.txt").read_text().split())
+    val_names = set((run / "splits" / "val.txt").read_text().split())
+    assert not {n[:8] for n in train_names} & {n[:8] for n in val_names}
+    shutil.rmtree(root / "images_001")
+    rc = run_app(["train", "--data", str(root), "--out", str(tmp_path / "r2"), "--require-all",
+                  "--img-size", str(SIZE)])
+    assert rc == 2 and "listed image" in capsys.readouterr().err
