@@ -11,34 +11,15 @@ On a GPU machine pass --amp bf16 to time mixed precision as well (one process pe
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                   if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "date": datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="seconds"), "commit": commit, "load_average": os.getloadavg(),
-            "note": "shared machine, busy with other jobs while measuring: absolute numbers are "
-                    "low and noisy; compare the ratios of this one run"}
+from _common import RESULTS, ROOT, record_line, run_record
 
 
 def loader_rate(data: Path, size: int, workers: int, batch: int, steps: int) -> float:
@@ -83,7 +64,7 @@ def train_rate(data: Path, out: Path, size: int, nproc: int, batch: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_cpu"))
+    parser.add_argument("--out", default=str(RESULTS / "train_cpu"))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
@@ -101,7 +82,7 @@ def main() -> None:
         for nproc, threads in ((1, None), (1, 1), (2, None)):
             rows["train"].append(train_rate(data, Path(tmp) / f"run{nproc}-{threads}", args.size,
                                             nproc, args.batch, args.steps, args.amp, threads))
-    report = {"machine": machine(), "setup": {
+    report = {"run": run_record(), "setup": {
         "model": f"resnet18 stride 32, {args.size} px, sync BN", "global_batch": args.batch,
         "steps": args.steps, "amp": args.amp, "data": "120 synthetic 512 px PNGs (decode + resize + augment)"},
         **rows}
@@ -109,9 +90,7 @@ def main() -> None:
     report["train_2_over_1"] = round(two / one, 3) if one else None
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    m = report["machine"]
-    lines = [f"# Training throughput ({m['cpu']}, {m['cores']} cores)", "",
-             f"{m['date']}, commit {m['commit']}, load average {m['load_average']}. {m['note']}.", "",
+    lines = ["# Training throughput", "", record_line(report["run"]), "",
              f"Setup: {report['setup']}", "", "| what | images/s | data wait |", "| --- | --- | --- |"]
     for row in rows["loader"]:
         lines.append(f"| data loader alone, {row['workers']} workers | {row['images_per_second']} | - |")
