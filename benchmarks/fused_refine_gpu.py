@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused refinement (issue 6, item 5). Needs a CUDA GPU, torch and triton;
+"""GPU benchmark of the fused refinement. Needs a CUDA GPU, torch and triton;
 not run in the CPU-only development sessions (no GPU there). Run: python benchmarks/fused_refine_gpu.py
 
 For 15 maps at 16/32/64 px -> 512x512, batch 1, 8 and 32:
@@ -13,16 +13,13 @@ Writes benchmarks/results/fused_refine_gpu.{md,json}.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, record_line, run_record
 
 from hamedge.fsutil import write_text  # noqa: E402
 from hamedge.ops.refine import refine_reference  # noqa: E402
@@ -73,11 +70,11 @@ def main() -> None:
             row["speedup_vs_unfused"] = row["unfused_torch_ms"] / row["triton_fp32_ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    out = ROOT / "benchmarks" / "results"
+    meta = run_record(gpu=torch.cuda.get_device_name())
+    out = RESULTS
     write_text(out / "fused_refine_gpu.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Fused heatmap refinement, GPU ({meta['gpu']}, {meta['date']})", "",
+    lines = [f"# Fused heatmap refinement, GPU ({meta['gpu']})", "", f"Measured {record_line(meta)}",
+             "",
              "| maps | batch | unfused torch ms | triton fp32 ms | triton fp16 ms | write floor ms "
              "| fused/floor | speedup | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -31,7 +31,7 @@ from hamedge.fsutil import write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-# The goals of the project (issue 5): throughput against PyTorch eager at the same batch size,
+# The project's performance goals: throughput against PyTorch eager at the same batch size,
 # same run, on the 2-core CPU; INT8 also with the accuracy budget held.
 GOALS = [
     {"model": "default", "config": "onnxruntime/int8", "mode": "e2e", "min_speedup": 3.0,

@@ -1,5 +1,5 @@
-"""hamedge.ops.refine: the numpy reference against an independent transcription of HAM.md's steps
-(torch F.interpolate), the exact upsampled extremes, and the fused path against the reference."""
+"""hamedge.ops.refine: the numpy reference against an independent transcription of HAM's
+refinement steps (torch F.interpolate), the exact upsampled extremes, and the fused path against the reference."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SIZES = [((16, 16), (256, 256)), ((16, 16), (511, 511)), ((16, 16), (512, 512)),
 
 
 def transcription(maps: np.ndarray, size, gain=100.0, center=0.4) -> np.ndarray:
-    """HAM.md's refinement step by step, in torch (independent of hamedge.ops)."""
+    """HAM's refinement step by step, in torch (independent of hamedge.ops)."""
     x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)

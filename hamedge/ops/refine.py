@@ -1,6 +1,7 @@
 """The heatmap math, once: HAM's attention refinement in numpy (no torch here; the slim runtime uses it).
 
-HAM refines a raw attention map (B, K, h, w) into a heatmap (B, K, H, W) in four steps (HAM.md):
+HAM refines a raw attention map (B, K, h, w) into a heatmap (B, K, H, W) in four steps (the HAM paper and
+its reference code):
 bilinear upsampling with align_corners=True, min-max normalisation over the *upsampled* map (a zero
 range becomes ``zero_range``), then ``sigmoid(gain * (x - center))``.
 
