@@ -17,7 +17,6 @@ amx/avx512_vnni/avx512_bf16 flags), date, commit, versions and the load average.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import subprocess
@@ -231,22 +230,22 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hamedge-reference")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    from hamedge.bench.results import git_commit, usable_cores, versions
+    from _common import run_record  # the machine/commit/versions/load record every script writes
     from hamedge.runtime.measure import cpu_flags
 
-    meta = {"cpu": lscpu_model(), "cores": usable_cores(),
-            "flags": [f for f in FLAGS if f in cpu_flags()],
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(ROOT), "versions": {k: v for k, v in versions().items()
-                                                     if k in ("onnxruntime", "openvino", "numpy")},
-            "load_start": os.getloadavg()[0]}
+    record = run_record()
+    meta = {"cpu": lscpu_model(), "cores": record["machine"]["cores"],
+            "flags": [f for f in FLAGS if f in cpu_flags()], "date": record["date"],
+            "commit": record["commit"], "load_start": record["load_average_1min"],
+            "versions": {k: v for k, v in record["versions"].items()
+                         if k in ("onnxruntime", "openvino", "numpy")}}
     rows: list[dict] = []
     if args.only in (None, "default"):
         rows += measure_model("default model", default_bundle(), args.seconds)
     if args.only in (None, "resnet50"):
         rows += measure_model("resnet50/8/512 (random)", resnet50_bundle(args.work), args.seconds)
     meta["load_end"] = os.getloadavg()[0]
-    tag = f"cpu{usable_cores()}" + (f"_{args.only}" if args.only else "")
+    tag = f"cpu{meta['cores']}" + (f"_{args.only}" if args.only else "")
     write(rows, meta, tag)
 
 

@@ -30,3 +30,8 @@ class BackendUnavailable(HamedgeError):
 class InputRefused(HamedgeError):
     """An input the model was not made for (not a frontal chest radiograph): refused by the
     input gate (hamedge.gate)."""
+
+
+class HamedgeWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one
+    'warning: ...' line."""
