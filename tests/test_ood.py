@@ -158,3 +158,25 @@ def test_threshold_decides_and_accept_any_skips_it(gated_bundle, untagged_folder
     with hamedge.load(strict, backend="onnxruntime", accept_any=True) as model:
         assert model.predict(np.zeros((32, 32), np.uint8)).image_size == (32, 32)
     capsys.readouterr()
+
+
+def test_a_non_finite_distance_is_refused_and_stays_json():
+    import json
+    import math
+
+    from hamedge.gate import REFUSED, UNTAGGED
+    from hamedge.pipeline.run import apply_ood
+
+    class Model:
+        threshold = 16.0
+
+        def reason(self, distance):
+            return f"distance {distance}"
+
+    for bad in (math.nan, math.inf):
+        gate = {"verdict": UNTAGGED}
+        reason = apply_ood(gate, bad, Model())
+        assert gate["verdict"] == REFUSED and "could not be computed" in reason
+        json.dumps(gate, allow_nan=False)
+    gate = {"verdict": UNTAGGED}
+    assert apply_ood(gate, 3.0, Model()) == "" and gate["verdict"] != REFUSED

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -220,13 +221,15 @@ def apply_ood(gate: dict, distance: float, ood) -> str:
     accepted or refused by it. Returns the refusal's reason, or ''."""
     from hamedge.gate import ACCEPTED, REFUSED, UNTAGGED
 
-    gate["ood_distance"] = round(distance, 3)
+    finite = math.isfinite(distance)
+    gate["ood_distance"] = round(distance, 3) if finite else None  # results.jsonl stays strict JSON
     gate["ood_threshold"] = round(ood.threshold, 3)
     if gate.get("verdict") != UNTAGGED:  # DICOM: its tags decided; the distance is information
         return ""
-    if distance > ood.threshold:
+    if not finite or distance > ood.threshold:  # a distance that cannot be computed never passes
         gate["verdict"] = REFUSED
-        gate["reason"] = ood.reason(distance)
+        gate["reason"] = (ood.reason(distance) if finite else
+                          "out-of-distribution score could not be computed (non-finite features)")
         return gate["reason"]
     gate["verdict"] = ACCEPTED
     return ""
