@@ -56,6 +56,13 @@ def infer(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Start afresh instead of resuming the results in --out."),
+    server: Optional[str] = typer.Option(None, "--server",
+                                         help="Run the model on `hamedge serve` at this URL "
+                                              "(http://HOST:PORT or grpc://HOST:PORT) instead "
+                                              "of here; --model/--backend/--precision are the "
+                                              "server's."),
+    server_timeout: float = typer.Option(60.0, help="Seconds a server request may take."),
+    token_file: Optional[Path] = typer.Option(None, help="Token file for a server that needs one."),
 ) -> None:
     """Run a model over X-ray files; write results.csv, results.jsonl and heatmaps.
 
@@ -78,8 +85,16 @@ def infer(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # before resolve_bundle, which may export the demo model first
         raise HamedgeError(f"{missing[0]}: no such file or folder")
-    bundle = resolve_bundle(model)
-    with open_backend(bundle, backend, precision, device) as runner:
+    if server is not None:
+        from hamedge.client import RemoteBackend, read_token_file
+
+        opened = RemoteBackend(server, server_timeout, read_token_file(token_file))
+        key = opened.model_id
+    else:
+        bundle = resolve_bundle(model)
+        opened = open_backend(bundle, backend, precision, device)
+        key = model_id(bundle)
+    with opened as runner:
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:
@@ -94,10 +109,9 @@ def infer(
                 def on_progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                summary = run_inference(paths, runner, out, options, model_id(bundle),
-                                        on_progress, on_record)
+                summary = run_inference(paths, runner, out, options, key, on_progress, on_record)
         else:
-            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record)
+            summary = run_inference(paths, runner, out, options, key, None, on_record)
     if not quiet:
         console.print(summary.line(), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
