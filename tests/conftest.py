@@ -21,3 +21,11 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def nih_images(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "nih-samples" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny random-weights bundle (tests/infer_helpers.make_bundle), built once per session."""
+    from infer_helpers import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("tiny-bundle") / "tiny.hamedge")

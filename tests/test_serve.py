@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infer_helpers import make_bundle, write_dicom
+from infer_helpers import write_dicom
 from serve_helpers import free_ports, leftovers, require_triton
 
 from hamedge.cli import run_app
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("serve") / "tiny.hamedge")
+def bundle_dir(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
