@@ -125,3 +125,70 @@ def serve(
     if unexpected:
         raise HamedgeError(f"tritonserver stopped unexpectedly (exit {code}); its log is above")
     print("stopped", file=sys.stderr, flush=True)
+
+
+@app.command()
+def listen(
+    allow_ae: str = typer.Option(..., "--allow-ae",
+                                 help="Calling AE titles allowed to send, comma-separated."),
+    out: Path = typer.Option(Path("hamedge-listen"), "--out", "-o",
+                             help="Results folder (owner-only), as `hamedge infer` writes it; "
+                                  "received instances are kept in its received/."),
+    ae_title: str = typer.Option("HAMEDGE", help="This receiver's AE title."),
+    address: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(11112),
+    allow_remote: bool = typer.Option(False, "--allow-remote",
+                                      help="Permit a non-loopback --address (DICOM here has no "
+                                           "TLS: use it on a trusted network or a VPN)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle or checkpoint."),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt | torch"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
+    server: Optional[str] = typer.Option(None, "--server", help="Run on `hamedge serve` at URL."),
+    token_file: Optional[Path] = typer.Option(None, help="Token file for --server."),
+    batch: int = typer.Option(8, "--batch", "-b"),
+    heatmaps: str = typer.Option("overlay", help="overlay | png | npy | none"),
+) -> None:
+    """Receive DICOM instances (C-STORE) and run each through the infer pipeline until SIGTERM or Ctrl-C."""
+    import logging
+
+    from hamedge.pipeline import InferOptions, model_id
+    from hamedge.serve.listener import Listener
+    from hamedge.serve.server import is_loopback
+
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError:
+        raise HamedgeError("hamedge listen needs pynetdicom: pip install 'hamedge[serve]'") from None
+    if not is_loopback(address) and not allow_remote:
+        raise HamedgeError(f"--address {address} is reachable from other machines; add "
+                           "--allow-remote (DICOM here has no TLS) or keep 127.0.0.1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    options = InferOptions(batch=batch, heatmaps=heatmaps)
+    options.validate()
+    if server is not None:
+        from hamedge.client import RemoteBackend, read_token_file
+
+        runner = RemoteBackend(server, token=read_token_file(token_file))
+        key = runner.model_id
+    else:
+        from hamedge.api import resolve_bundle
+        from hamedge.runtime import open_backend
+
+        bundle = resolve_bundle(model)
+        runner = open_backend(bundle, backend, precision)
+        key = model_id(bundle)
+    titles = tuple(t.strip() for t in allow_ae.split(",") if t.strip())
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    with runner, Listener(runner, out, ae_title, address, port, titles, options, key) as listener:
+        while stop["signal"] is None:
+            time.sleep(0.2)
+        counts = listener.counts
+    print(f"stopped: {counts['received']} received, {counts['ok']} ok, {counts['failed']} failed, "
+          f"{counts['rejected']} association(s) rejected", file=sys.stderr)
