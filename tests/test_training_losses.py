@@ -1,5 +1,5 @@
 """training.losses: each loss on hand-made tensors, and the total against a per-class loop written
-from the formulas in HAM.md (the shape of the reference's train())."""
+from the HAM paper's formulas (the shape of the reference code's train())."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from hamedge.errors import HamedgeError
 from hamedge.model.network import HAMOutput
-from training.losses import LossWeights, ham_losses
+from hamedge.training.losses import LossWeights, ham_losses
 
 
 def make_out(ano_logit, cls_logits, class_maps, ano_cam, cls_cams):

@@ -38,7 +38,7 @@ import torch
 from hamedge.errors import DataError, HamedgeError
 from hamedge.fsutil import write_bytes, write_text
 from hamedge.spec import ModelSpec
-from training.losses import LossWeights, batch_losses
+from hamedge.training.losses import LossWeights, batch_losses
 
 LOSS_KEYS = ("ano", "cls", "ex_cls", "bound", "union", "total")
 
@@ -129,9 +129,7 @@ def torch_predict_fn(model: torch.nn.Module):
     def predict(batch: np.ndarray):
         with torch.no_grad():
             out = model(torch.from_numpy(np.ascontiguousarray(batch)), refine=False)
-        maps = torch.cat((out.anomaly_cam, out.class_cams), dim=1)
-        return (torch.sigmoid(out.class_logits).numpy(), torch.sigmoid(out.anomaly_logit).numpy(),
-                maps.numpy())
+        return tuple(t.numpy() for t in out.graph_outputs())
     return predict
 
 
@@ -175,7 +173,7 @@ def train(config: TrainConfig, console=None) -> Path:
 
     from hamedge.model.checkpoint import load_checkpoint, save_checkpoint
     from hamedge.model.network import HAM
-    from training.data import HAMDataset
+    from hamedge.training.data import HAMDataset
 
     console = console or Console(stderr=True)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
