@@ -182,7 +182,7 @@ class Client:
                             outputs=self._outputs(OUTPUT_NAMES))
         return RawOutputs(*(np.asarray(result.as_numpy(n), np.float32) for n in OUTPUT_NAMES))
 
-    def infer_file(self, source, heatmaps: bool = False) -> dict:
+    def infer_file(self, source, heatmaps: bool = False, model: str = IMAGE_MODEL) -> dict:
         """One encoded file (a path or its bytes), read and preprocessed on the server. Returns the
         result dict (probabilities, anomaly, anomalous, findings, boxes, height, width); with
         ``heatmaps`` also 'heatmaps': uint8 (1+K, S, S) refined maps, channel 0 the anomaly."""
@@ -193,7 +193,7 @@ class Client:
         tensor = self.module.InferInput(IMAGE_INPUT, list(data.shape), "UINT8")
         tensor.set_data_from_numpy(data)
         names = ["result", "heatmaps"] if heatmaps else ["result"]
-        result = self._call("inference", self._client().infer, IMAGE_MODEL, [tensor],
+        result = self._call("inference", self._client().infer, model, [tensor],
                             outputs=self._outputs(names))
         record = json.loads(result.as_numpy("result")[0].tobytes().decode())
         if heatmaps:

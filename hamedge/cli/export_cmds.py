@@ -56,6 +56,9 @@ def export(
                                       help="Also write model.plugin.onnx (fused refinement plugin)."),
     torch_tensorrt: bool = typer.Option(False, "--torch-tensorrt",
                                         help="Also compile with torch-tensorrt (if installed)."),
+    triton_repo: Optional[Path] = typer.Option(
+        None, "--triton-repo", help="Also write a Triton model repository here (ONNX Runtime, "
+                                    "TensorRT where engines exist, pre/post-processing, ensemble)."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle: ONNX, INT8, TensorRT engines."""
     from hamedge.export import ExportOptions, export_bundle
@@ -69,4 +72,12 @@ def export(
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mib=workspace_mib, dla_core=dla_core, fused_plugin=fused_plugin,
         torch_tensorrt=torch_tensorrt)
+    if triton_repo is not None:
+        from hamedge.serve.repository import check_repo_target
+
+        check_repo_target(triton_repo)  # before the export's minutes of work
     export_bundle(checkpoint, opts, log=lambda line: typer.echo(line, err=True))
+    if triton_repo is not None:
+        from hamedge.serve.repository import write_triton_repo_for_export
+
+        write_triton_repo_for_export(out, triton_repo, int8, max_batch)

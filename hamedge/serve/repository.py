@@ -172,3 +172,169 @@ def write_serving_repo(repo: Path, bundle, backend: str, precision: str, batchin
         write_model(repo, python_model_config(name, mode, bundle, batching, {**common, **extra}))
         names.append(name)
     return names
+
+
+# ---------------------------------------------------------------------------------------------
+# `hamedge export --triton-repo DIR`: a repository for a full Triton (NGC containers, Jetson)
+
+ONNX_MODEL = "hamedge_onnx"
+TRT_MODEL = "hamedge_trt"
+PRE_MODEL = "hamedge_preprocess"
+POST_MODEL = "hamedge_postprocess"
+ENSEMBLE_MODEL = "hamedge_ensemble"
+IMAGE_SIZE = "image_size"  # (H, W) of the original image, int32, from pre- to post-processing
+
+REPO_README = """\
+Triton model repository written by `hamedge export --triton-repo` from bundle {bundle}.
+
+  {onnx:<20} the network on ONNX Runtime (backend onnxruntime), {precision} graph
+{trt_line}  {pre:<20} Python backend: encoded PNG/JPEG/DICOM bytes (uint8) -> preprocessed tensor
+  {post:<20} Python backend: network outputs -> JSON result (probabilities, findings, boxes)
+  {ens:<20} ensemble: {pre} -> {model_step} -> {post}
+
+The Python-backend models import hamedge: install it in the Python that Triton's stub runs
+(`pip install hamedge` in the container). Start: tritonserver --model-repository=<this folder>
+"""
+
+
+def _python_step(name: str, mode: str, bundle, batching: Batching, sys_path) -> object:
+    pb2 = _pb2()
+    spec, graph = bundle.spec, bundle.graph
+    config = pb2.ModelConfig(name=name, backend="python")
+    image = [graph.input_channels, graph.input_size, graph.input_size]
+    if mode == "preprocess":
+        encoded = _tensor(pb2, pb2.ModelInput, IMAGE_INPUT, "TYPE_UINT8", [-1])
+        encoded.allow_ragged_batch = True
+        config.input.append(encoded)
+        config.output.append(_tensor(pb2, pb2.ModelOutput, graph.input_name, "TYPE_FP32", image))
+        config.output.append(_tensor(pb2, pb2.ModelOutput, IMAGE_SIZE, "TYPE_INT32", [2]))
+    else:
+        for out in _outputs(pb2, spec, graph):
+            config.input.append(pb2.ModelInput(name=out.name, data_type=out.data_type,
+                                               dims=list(out.dims)))
+        config.input.append(_tensor(pb2, pb2.ModelInput, IMAGE_SIZE, "TYPE_INT32", [2]))
+        config.output.append(_tensor(pb2, pb2.ModelOutput, RESULT_OUTPUT, "TYPE_UINT8", [-1]))
+    _batching(pb2, config, batching)
+    params = {"mode": mode, "spec_json": spec.to_json(), "heatmaps": graph.heatmaps,
+              "input_channels": str(graph.input_channels)}
+    if sys_path:
+        params["hamedge_sys_path"] = json.dumps(sys_path)
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def network_config(name: str, platform_backend: str, bundle, batching: Batching,
+                   default_file: str, cc_files: dict[str, str] | None = None) -> object:
+    """The network itself on a native backend ('onnxruntime' or 'tensorrt')."""
+    pb2 = _pb2()
+    graph = bundle.graph
+    config = pb2.ModelConfig(name=name, backend=platform_backend,
+                             default_model_filename=default_file)
+    config.input.append(_tensor(pb2, pb2.ModelInput, graph.input_name, "TYPE_FP32",
+                                [graph.input_channels, graph.input_size, graph.input_size]))
+    config.output.extend(_outputs(pb2, bundle.spec, graph))
+    _batching(pb2, config, batching)
+    for group in config.instance_group:  # a full Triton places them (GPU when there is one)
+        group.kind = pb2.ModelInstanceGroup.Kind.Value("KIND_AUTO")
+    for capability, filename in (cc_files or {}).items():
+        config.cc_model_filenames[capability] = filename
+    return config
+
+
+def ensemble_config(model_step: str, bundle, batching: Batching) -> object:
+    pb2 = _pb2()
+    graph = bundle.graph
+    config = pb2.ModelConfig(name=ENSEMBLE_MODEL, platform="ensemble",
+                             max_batch_size=batching.max_batch)
+    config.input.append(_tensor(pb2, pb2.ModelInput, IMAGE_INPUT, "TYPE_UINT8", [-1]))
+    # Only the JSON result: a tensor that is both an ensemble output and a later step's input
+    # deadlocks Triton 2.51's ensemble when a client asks for the result alone.
+    config.output.append(_tensor(pb2, pb2.ModelOutput, RESULT_OUTPUT, "TYPE_UINT8", [-1]))
+    steps = config.ensemble_scheduling.step
+    pre = steps.add(model_name=PRE_MODEL, model_version=-1)
+    pre.input_map[IMAGE_INPUT] = IMAGE_INPUT
+    pre.output_map[graph.input_name] = "preprocessed"
+    pre.output_map[IMAGE_SIZE] = IMAGE_SIZE
+    net = steps.add(model_name=model_step, model_version=-1)
+    net.input_map[graph.input_name] = "preprocessed"
+    for name in ("class_probs", "anomaly_prob", "attention_maps"):
+        net.output_map[name] = name
+    post = steps.add(model_name=POST_MODEL, model_version=-1)
+    for name in ("class_probs", "anomaly_prob", "attention_maps", IMAGE_SIZE):
+        post.input_map[name] = name
+    post.output_map[RESULT_OUTPUT] = RESULT_OUTPUT
+    return config
+
+
+def write_triton_repo(target: str | Path, bundle, precision: str = "fp32",
+                      batching: Batching | None = None, sys_path: list[str] | None = None,
+                      model_step: str | None = None) -> dict[str, Path]:
+    """Write the repository; returns model name -> folder. The ensemble's network step is the
+    TensorRT model when the bundle has engines at ``precision``, else the ONNX Runtime one
+    (``model_step`` overrides, e.g. a Python-backend stand-in where no native backend exists)."""
+    import shutil
+
+    batching = batching or Batching(max_batch=8)
+    batching.validate()
+    target = Path(target)
+    check_repo_target(target)
+    written: dict[str, Path] = {}
+    onnx_source = bundle.path_for("int8" if precision == "int8" else "fp32", "cpu")
+    config = network_config(ONNX_MODEL, "onnxruntime", bundle, batching, "model.onnx")
+    folder = target / ONNX_MODEL
+    write_text(folder / "config.pbtxt", config_text(config))
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_source, folder / "1" / "model.onnx")
+    written[ONNX_MODEL] = folder
+    plans = [r for r in bundle.engines if r.builder == "tensorrt"]
+    engines = ([r for r in plans if r.precision == precision]
+               or [r for r in plans if r.precision == "fp16"] or plans[:1])
+    trt_line = ""
+    if engines:
+        folder = target / TRT_MODEL
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        files = {}
+        for record in engines:
+            name = f"model.sm{record.compute_capability.replace('.', '')}.plan"
+            shutil.copyfile(bundle.engine_path(record), folder / "1" / name)
+            files[record.compute_capability] = name
+        trt_batching = Batching(**{**batching.__dict__,
+                                   "max_batch": min(r.max_batch for r in engines)})
+        trt_batching.preferred = ()
+        config = network_config(TRT_MODEL, "tensorrt", bundle, trt_batching,
+                                next(iter(files.values())), files)
+        write_text(folder / "config.pbtxt", config_text(config))
+        written[TRT_MODEL] = folder
+        trt_line = (f"  {TRT_MODEL:<20} the network on TensorRT, {engines[0].precision} plans for "
+                    f"compute capability {', '.join(sorted(files))} (TensorRT "
+                    f"{engines[0].trt_version}: Triton's TensorRT must match)\n")
+    step = model_step or (TRT_MODEL if engines else ONNX_MODEL)
+    for name, mode in ((PRE_MODEL, "preprocess"), (POST_MODEL, "postprocess")):
+        written[name] = write_model(target, _python_step(name, mode, bundle, batching, sys_path))
+    ensemble = ensemble_config(step, bundle, batching)
+    folder = target / ENSEMBLE_MODEL
+    write_text(folder / "config.pbtxt", config_text(ensemble))
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    written[ENSEMBLE_MODEL] = folder
+    write_text(target / "README.txt", REPO_README.format(
+        bundle=bundle.root.name, onnx=ONNX_MODEL, precision=precision, trt_line=trt_line,
+        pre=PRE_MODEL, post=POST_MODEL, ens=ENSEMBLE_MODEL, model_step=step))
+    return written
+
+
+def check_repo_target(target: str | Path) -> None:
+    _pb2()  # tritonclient present
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise HamedgeError(f"{target} exists and is not an empty folder; choose another "
+                           "--triton-repo")
+
+
+def write_triton_repo_for_export(bundle_dir: str | Path, target: str | Path, int8: bool,
+                                 max_batch: int) -> dict[str, Path]:
+    """What `hamedge export --triton-repo` writes from the bundle it has just exported."""
+    from hamedge.bundle import Bundle
+
+    return write_triton_repo(target, Bundle.open(bundle_dir), "int8" if int8 else "fp32",
+                             Batching(max_batch=max_batch))

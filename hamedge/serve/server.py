@@ -63,6 +63,7 @@ class ServeConfig:
     allow_remote: bool = False
     model_key: str = ""
     verbose: bool = False
+    repository: str | None = None  # serve this model repository instead of the bundle's models
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -258,14 +259,18 @@ def supervise(config: ServeConfig) -> int:
         os.chmod(work, 0o700)
         scratch = work / "scratch"
         scratch.mkdir(mode=0o700)
-        bundle = Bundle.open(config.bundle_dir)
-        backend, _ = resolve_backend(bundle, config.backend, config.precision)
-        threads = config.threads or max(1, cpu_count() // config.batching.instances)
-        write_serving_repo(work / "models", bundle, backend, config.precision,
-                           config.batching, threads, config.decode_workers, config.model_key,
-                           python_paths(), scratch)
+        if config.repository:
+            repo = Path(config.repository)
+        else:
+            repo = work / "models"
+            bundle = Bundle.open(config.bundle_dir)
+            backend, _ = resolve_backend(bundle, config.backend, config.precision)
+            threads = config.threads or max(1, cpu_count() // config.batching.instances)
+            write_serving_repo(repo, bundle, backend, config.precision, config.batching,
+                               threads, config.decode_workers, config.model_key, python_paths(),
+                               scratch)
         backends = make_backend_dir(install, work / "backends")
-        args = triton_args(config, install.binary, work / "models", backends, shm_prefix)
+        args = triton_args(config, install.binary, repo, backends, shm_prefix)
         proc = subprocess.Popen(args, env=server_env(), stdin=subprocess.DEVNULL,
                                 preexec_fn=_set_pdeathsig)
         while not stopping["flag"]:

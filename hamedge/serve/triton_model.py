@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hamedge.runtime.base import OUTPUT_NAMES, RawOutputs
-from hamedge.serve.repository import HEATMAPS_OUTPUT, IMAGE_INPUT, RESULT_OUTPUT
+from hamedge.serve.repository import HEATMAPS_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, RESULT_OUTPUT
 
 
 # The stub's pybind11 numpy glue predates numpy 2 (it reads dtype sizes at numpy 1 offsets), so
@@ -89,21 +89,37 @@ def encode_results(results: list[dict]) -> np.ndarray:
 
 class HamedgeTritonModel:
     def __init__(self, config: dict, pb_utils) -> None:
-        from hamedge.bundle import Bundle
-        from hamedge.runtime import open_backend
+        from hamedge.spec import ModelSpec
 
         self.pb = pb_utils
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.mode = params.get("mode", "tensor")
-        bundle = Bundle.open(params["bundle"])
-        threads = int(params.get("threads") or 0) or None
-        self.backend = open_backend(bundle, params.get("backend", "auto"),
-                                    params.get("precision", "fp32"), threads=threads)
-        self.spec = self.backend.spec
-        self.input_name = bundle.graph.input_name
+        if self.mode not in ("tensor", "image", "preprocess", "postprocess"):
+            raise ValueError(f"unknown hamedge model mode {self.mode!r}")
+        self.backend = None
         self.pool = None
-        if self.mode == "image":
-            self.scratch = Path(params["scratch_dir"])
+        self._own_scratch = None
+        if self.mode in ("tensor", "image"):
+            from hamedge.bundle import Bundle
+            from hamedge.runtime import open_backend
+
+            bundle = Bundle.open(params["bundle"])
+            threads = int(params.get("threads") or 0) or None
+            self.backend = open_backend(bundle, params.get("backend", "auto"),
+                                        params.get("precision", "fp32"), threads=threads)
+            self.spec = self.backend.spec
+            self.channels = self.backend.input_channels
+            self.input_name = bundle.graph.input_name
+        else:  # pre/post-processing steps of an exported ensemble: the spec is enough
+            self.spec = ModelSpec.from_json(params["spec_json"])
+            self.channels = int(params.get("input_channels") or self.spec.in_channels)
+            self.input_name = config["output"][0]["name"] if self.mode == "preprocess" else ""
+            self.refined = params.get("heatmaps") == "refined"
+        if self.mode in ("image", "preprocess"):
+            if params.get("scratch_dir"):
+                self.scratch = Path(params["scratch_dir"])
+            else:
+                self.scratch = self._own_scratch = Path(tempfile.mkdtemp(prefix="hamedge-req-"))
             self.pool = ThreadPoolExecutor(int(params.get("decode_workers") or 2),
                                            thread_name_prefix="hamedge-decode")
 
@@ -123,6 +139,10 @@ class HamedgeTritonModel:
         try:
             if self.mode == "image":
                 return self._execute_images(requests)
+            if self.mode == "preprocess":
+                return self._execute_preprocess(requests)
+            if self.mode == "postprocess":
+                return self._execute_postprocess(requests)
             return self._execute_tensors(requests)
         except Exception as exc:  # a failed run fails these requests, never the server
             reason = f"inference failed: {_reason(exc)}"
@@ -138,14 +158,12 @@ class HamedgeTritonModel:
             start += n
         return responses
 
-    def _execute_images(self, requests):
-        from hamedge.pipeline.prediction import predictions_from_outputs
-
-        channels = self.backend.input_channels
+    def _decode(self, requests) -> list:
+        """Per request: [(tensor, (H, W)), ...] for its files, or the reason one failed."""
         jobs = []  # per request: list of futures, one per image in that request
         for request in requests:
             rows = from_triton(self.pb, request, IMAGE_INPUT)  # (B, n) uint8, one file per row
-            jobs.append([self.pool.submit(decode_one, row.tobytes(), self.spec, channels,
+            jobs.append([self.pool.submit(decode_one, row.tobytes(), self.spec, self.channels,
                                           self.scratch) for row in rows.reshape(len(rows), -1)])
         decoded: list = []
         for futures in jobs:
@@ -158,6 +176,36 @@ class HamedgeTritonModel:
                         prefix = f"image {index}: " if len(futures) > 1 else ""
                         error = prefix + _reason(exc)
             decoded.append(error if error is not None else items)
+        return decoded
+
+    def _execute_preprocess(self, requests):
+        responses = []
+        for d in self._decode(requests):
+            if isinstance(d, str):
+                responses.append(self._error(d))
+                continue
+            responses.append(self.pb.InferenceResponse([
+                to_triton(self.pb, self.input_name, np.stack([t for t, _ in d])),
+                to_triton(self.pb, IMAGE_SIZE, np.array([s for _, s in d], np.int32))]))
+        return responses
+
+    def _execute_postprocess(self, requests):
+        from hamedge.pipeline.prediction import predictions_from_outputs
+
+        responses = []
+        for request in requests:
+            raw = RawOutputs(*(np.asarray(from_triton(self.pb, request, n), np.float32)
+                               for n in OUTPUT_NAMES), self.refined)
+            sizes = from_triton(self.pb, request, IMAGE_SIZE).reshape(-1, 2).tolist()
+            preds = predictions_from_outputs(raw, self.spec, [tuple(s) for s in sizes])
+            responses.append(self.pb.InferenceResponse([to_triton(self.pb, RESULT_OUTPUT, encode_results(
+                [{k: v for k, v in p.to_dict().items() if k != "path"} for p in preds]))]))
+        return responses
+
+    def _execute_images(self, requests):
+        from hamedge.pipeline.prediction import predictions_from_outputs
+
+        decoded = self._decode(requests)
         good = [t for d in decoded if not isinstance(d, str) for t, _ in d]
         raw = self._run(np.stack(good)) if good else None
         responses, start = [], 0
@@ -183,4 +231,9 @@ class HamedgeTritonModel:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
+        if self._own_scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._own_scratch, ignore_errors=True)
