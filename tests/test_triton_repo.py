@@ -90,6 +90,7 @@ def test_ensemble_runs_in_tritonserver_like_infer(tiny_bundle, tmp_path, nih_ima
 
 def test_export_cli_writes_the_repository(tmp_path, capsys):
     pytest.importorskip("torch")
+    pytest.importorskip("hamedge.calibration", reason="hamedge export needs hamedge.calibration")
     from hamedge.cli import run_app
     from hamedge.model.checkpoint import save_checkpoint
     from hamedge.model.network import random_model

@@ -91,8 +91,6 @@ def server_env() -> dict[str, str]:
 def python_paths() -> list[str]:
     """sys.path entries the stub's embedded interpreter needs to import this hamedge and its
     packages. The stub ignores PYTHONPATH (it starts isolated), so model.py adds them itself."""
-    import hamedge
-
-    roots = [str(Path(hamedge.__file__).resolve().parent.parent)]
+    roots = [str(Path(__file__).resolve().parents[2])]  # the folder holding the hamedge package
     roots += [p for p in sys.path if p and os.path.isdir(p) and not p.endswith(".zip")]
     return list(dict.fromkeys(roots))
