@@ -180,3 +180,16 @@ def test_a_dead_or_silent_server_is_a_clean_fatal_error(tmp_path, nih_images, ca
     finally:
         silent.close()
     assert time.monotonic() - started < 30
+
+
+def test_bench_server_measures_levels(server, nih_images, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run_app(["bench", "--server", server.config.http_url, "--concurrency", "1,4",
+                    "--seconds", "1", "--samples", str(nih_images[0].parent), "--out",
+                    str(out)]) == 0
+    levels = json.loads((out / "server.json").read_text())["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["requests"] > 0 and level["errors"] == 0
+        assert level["p50_ms"] <= level["p99_ms"] and level["server_compute_ms"] > 0
+    assert "| clients |" in (out / "server.md").read_text()
