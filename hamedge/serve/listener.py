@@ -3,7 +3,8 @@
 A modality or PACS pushes instances; only the configured calling AE titles may associate. Each
 received instance is written (owner-only) to ``<out>/received/`` and goes through
 ``hamedge.pipeline.run_inference``, the path of ``hamedge infer``, into the same results store
-(results.csv/jsonl, heatmaps), so a restart resumes and nothing is run twice. Instances are run in
+(results.csv/jsonl, heatmaps); on start, instances received earlier and not yet in the store
+are run, so nothing is lost or run twice. Instances are run in
 small batches by one worker thread; the C-STORE answer does not wait for inference.
 Logs name AE titles, peers and counts, never patient names, IDs or UIDs.
 """
@@ -82,6 +83,8 @@ class Listener:
                 from None
         self._worker = threading.Thread(target=self._work, name="hamedge-listen", daemon=True)
         self._worker.start()
+        for left in sorted(self.received_dir.glob("*.dcm")):  # received before a stop or a
+            self.queue.put(left)  # failure; the results store skips those already done
         log.info("listening as %s on %s:%d for %s", self.ae_title, self.address, self.port,
                  ", ".join(self.calling))
         return self

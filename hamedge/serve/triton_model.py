@@ -131,6 +131,12 @@ class HamedgeTritonModel:
         return [to_triton(self.pb, name, np.asarray(getattr(raw, name), np.float32))
                 for name in OUTPUT_NAMES]
 
+    def _results(self, preds):
+        """The JSON result of each prediction: ``Prediction.to_dict`` (what results.jsonl holds)
+        without the path, which the server does not know."""
+        return to_triton(self.pb, RESULT_OUTPUT, encode_results(
+            [{k: v for k, v in p.to_dict().items() if k != "path"} for p in preds]))
+
     def _run(self, batch: np.ndarray) -> RawOutputs:
         return self.backend.run(batch)
 
@@ -198,8 +204,7 @@ class HamedgeTritonModel:
                                for n in OUTPUT_NAMES), self.refined)
             sizes = from_triton(self.pb, request, IMAGE_SIZE).reshape(-1, 2).tolist()
             preds = predictions_from_outputs(raw, self.spec, [tuple(s) for s in sizes])
-            responses.append(self.pb.InferenceResponse([to_triton(self.pb, RESULT_OUTPUT, encode_results(
-                [{k: v for k, v in p.to_dict().items() if k != "path"} for p in preds]))]))
+            responses.append(self.pb.InferenceResponse([self._results(preds)]))
         return responses
 
     def _execute_images(self, requests):
@@ -218,8 +223,7 @@ class HamedgeTritonModel:
             wanted = set(request.requested_output_names() or ())
             outputs = self._tensors(part)
             preds = predictions_from_outputs(part, self.spec, [size for _, size in d])
-            outputs.append(to_triton(self.pb, RESULT_OUTPUT, encode_results(
-                [{k: v for k, v in p.to_dict().items() if k != "path"} for p in preds])))
+            outputs.append(self._results(preds))
             if HEATMAPS_OUTPUT in wanted:
                 maps = np.stack([np.stack([p.heatmap(name) for name in p.map_names])
                                  for p in preds])
