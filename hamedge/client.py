@@ -29,6 +29,8 @@ TENSOR_MODEL = "hamedge"
 IMAGE_MODEL = "hamedge_image"
 IMAGE_INPUT = "image_bytes"
 TOKEN_HEADER = "hamedge-token"
+# Triton's restricted gRPC protocols read the key from metadata named with this prefix.
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
 class ServerError(HamedgeError):
@@ -84,7 +86,8 @@ class Client:
         self.scheme, self.address = parse_url(url)
         self.protocol = "grpc" if self.scheme.startswith("grpc") else "http"
         self.timeout = float(timeout)
-        self.headers = {TOKEN_HEADER: token} if token else {}
+        header = (GRPC_HEADER_PREFIX + TOKEN_HEADER) if self.protocol == "grpc" else TOKEN_HEADER
+        self.headers = {header: token} if token else {}
         self.module = _tritonclient(self.protocol)
         self._local = threading.local()  # one connection per thread (HTTP clients are not shared)
         self._tls_ca = tls_ca

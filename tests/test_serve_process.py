@@ -162,3 +162,37 @@ def test_serve_refuses_a_remote_address_without_flags(bundle_dir, capsys):
 
     assert run_app(["serve", "--model", str(bundle_dir), "--grpc-address", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_grpc_tls_with_token(bundle_dir, tmp_path, local_image):
+    require_triton()
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found (needed to make a test certificate)")
+    from hamedge.client import Client, ServerError
+    from hamedge.serve.server import ServeConfig, ServerProcess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    http, grpc, metrics = free_ports(3)
+    token = "tls-token-of-at-least-32-chars-x"
+    config = ServeConfig(str(bundle_dir), "onnxruntime", http_port=http, grpc_port=grpc,
+                         metrics_port=metrics, threads=1, drain_seconds=1, token=token,
+                         tls_cert=str(cert), tls_key=str(key))
+    with ServerProcess(config) as server:
+        supervisor = server.proc.pid
+        secure = f"grpcs://127.0.0.1:{grpc}"
+        with Client(secure, timeout=10, token=token, tls_ca=str(cert)) as client:
+            assert client.infer_tensors(local_image).class_probs.shape[0] == 1
+        with Client(secure, timeout=10, tls_ca=str(cert)) as anonymous:
+            with pytest.raises(ServerError):
+                anonymous.infer_tensors(local_image)
+        with Client(f"grpc://127.0.0.1:{grpc}", timeout=5, token=token) as plaintext:
+            with pytest.raises(ServerError):
+                plaintext.infer_tensors(local_image)
+    assert leftovers(supervisor) == []

@@ -46,7 +46,7 @@ def test_configs_parse_with_tritons_protobuf(tiny_bundle, tmp_path):
         parse_config("name: 'x' no_such_field: 1")
     from hamedge.errors import HamedgeError
 
-    with pytest.raises(HamedgeError, match="not empty"):
+    with pytest.raises(HamedgeError, match="not an empty folder"):
         write_triton_repo(tmp_path / "repo", bundle)
 
 
