@@ -24,6 +24,8 @@ from _common import RESULTS, record_line, run_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+NOTE = '- The machine was shared with other jobs during the run (1-minute load average above, on 2 cores): every figure is pessimistic and noisy; the ratios, measured side by side, are indicative only. On CPUs two instances of one thread each let one instance read PNGs while the other runs the model (`hamedge serve --instances 2`).' 
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -115,7 +117,8 @@ def main() -> None:
               " (goal >= 0.85)",
               f"- dynamic batching / none at 32 clients: **{result['dynamic_vs_none_at_32']:.2f}x**",
               f"- cold start to ready (supervisor + tritonserver + 2 Python-backend stubs loading "
-              f"the bundle): {result['dynamic']['cold_start_s']:.2f} s", ""]
+              f"the bundle): {result['dynamic']['cold_start_s']:.2f} s",
+              NOTE, ""]
     (RESULTS / "serve_cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
