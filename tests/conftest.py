@@ -29,3 +29,12 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from infer_helpers import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("tiny-bundle") / "tiny.hamedge")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests never write to the user's cache (exported bundles, measured choices, OpenVINO's
+    compiled models): $HAMEDGE_CACHE points into the session's temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HAMEDGE_CACHE", str(tmp_path_factory.mktemp("hamedge-cache")))
+        yield

@@ -97,6 +97,11 @@ def test_bad_requests_get_reasons_and_the_server_keeps_serving(server, nih_image
             client.infer_file(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
         with pytest.raises(ServerError, match="unexpected shape|shape"):
             client.infer_tensors(np.zeros((1, 1, 32, 32), np.float32))
+        import pydicom
+
+        ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+        with pytest.raises(ServerError, match="refused by the input gate"):
+            client.infer_file(ct)  # a CT slice is not a chest radiograph
         assert client.infer_file(nih_images[1])["height"] > 0
         assert client.ready()
 

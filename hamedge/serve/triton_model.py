@@ -56,7 +56,8 @@ def _reason(exc: BaseException, scratch_name: str | None = None) -> str:
 
 
 def decode_one(data: bytes, spec, channels: int, scratch: Path):
-    """Encoded bytes -> (tensor (C, S, S), (H, W)) by hamedge.io.read_image + preprocess.
+    """Encoded bytes -> (tensor (C, S, S), (H, W)): hamedge.gate's input gate (a DICOM that is not
+    a frontal chest radiograph is refused with the reason), hamedge.io.read_image, preprocess.
     read_image reads paths (DICOM by its preamble, rasters by content), so the bytes go to a
     private scratch file that is removed at once."""
     from hamedge.errors import DataError
@@ -69,6 +70,14 @@ def decode_one(data: bytes, spec, channels: int, scratch: Path):
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        from hamedge.gate import GateSettings, check_file
+
+        try:
+            verdict, _ = check_file(name, GateSettings())  # the input gate of `hamedge infer`
+        except Exception as exc:
+            raise DataError(_reason(exc, name)) from None
+        if verdict.refused:
+            raise DataError(f"refused by the input gate: {verdict.reason}")
         try:
             image = read_image(name)
         except Exception as exc:
