@@ -39,13 +39,14 @@ def _storescu(port: int, calling: str, files: list[Path], *extra) -> subprocess.
 
 def _wait(listener, count: int, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
-    while listener.counts["ok"] + listener.counts["failed"] < count:
+    while sum(listener.counts[k] for k in ("ok", "failed", "refused")) < count:
         assert time.monotonic() < deadline, listener.counts
         time.sleep(0.1)
 
 
 def test_pushed_instances_are_run_like_infer(tiny_bundle, tmp_path, caplog):
-    from hamedge.pipeline import InferOptions, model_id, run_inference
+    from hamedge.gate import GateSettings
+    from hamedge.pipeline import InferOptions, run_inference
     from hamedge.runtime import open_backend
     from hamedge.serve.listener import Listener
 
@@ -56,7 +57,8 @@ def test_pushed_instances_are_run_like_infer(tiny_bundle, tmp_path, caplog):
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="hamedge.listen")
     with open_backend(tiny_bundle, "onnxruntime", threads=1) as backend:
-        options = InferOptions(batch=4, heatmaps="png")
+        options = InferOptions(batch=4, heatmaps="png",
+                               gate=GateSettings(accept_secondary_capture=True))
         with Listener(backend, out, port=port, calling_ae_titles=("SCANNER",), options=options,
                       model_key="k") as listener:
             # storescu proposes uncompressed syntaxes unless told to propose the files' own
@@ -73,10 +75,13 @@ def test_pushed_instances_are_run_like_infer(tiny_bundle, tmp_path, caplog):
         run_inference(files, backend, local, options, "k")
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     rows = {r["path"]: r for r in csv.DictReader((out / "results.csv").open())}
-    assert len(rows) == len(files) and all(r["status"] == "ok" for r in rows.values())
+    assert len(rows) == len(files)
+    statuses = sorted(r["status"] for r in rows.values())
+    assert statuses == ["ok", "refused", "refused", "refused"], statuses  # CT, MR, RGB capture
     want = [json.loads(line) for line in (local / "results.jsonl").read_text().splitlines()]
     got = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("path", "heatmaps")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items()  # noqa: E731
+                       if k not in ("path", "heatmaps", "dicom")}
     assert sorted(map(json.dumps, map(strip, got))) == sorted(map(json.dumps, map(strip, want)))
     import pydicom
 

@@ -57,7 +57,8 @@ class Listener:
         self.batch_wait = batch_wait
         self.received_dir = self.out_dir / "received"
         self.queue: queue.Queue = queue.Queue()
-        self.counts = {"received": 0, "stored_failed": 0, "rejected": 0, "ok": 0, "failed": 0}
+        self.counts = {"received": 0, "stored_failed": 0, "rejected": 0, "ok": 0, "failed": 0,
+                       "refused": 0}
         self._server = None
         self._worker: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -153,8 +154,9 @@ class Listener:
                                         self.model_key)
                 self.counts["ok"] += summary.ok
                 self.counts["failed"] += summary.failed
-                log.info("ran %d instance(s): %d ok, %d failed", len(batch), summary.ok,
-                         summary.failed)
+                self.counts["refused"] += summary.refused
+                log.info("ran %d instance(s): %d ok, %d failed, %d refused by the input gate",
+                         len(batch), summary.ok, summary.failed, summary.refused)
             except Exception as exc:  # noqa: BLE001 - the files stay in received/ for a rerun
                 self.error = exc
                 log.error("inference failed for %d instance(s): %s (they stay in %s)",
