@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build on a CPU box).
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve]"
+	# tritonserver for the serving tests; --no-deps: the wheel pins numpy<2 (see pyproject's serve extra)
+	$(PY) -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

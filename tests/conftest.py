@@ -23,6 +23,14 @@ def nih_images(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "nih-samples" / "images").glob("*.png"))
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny random-weights bundle (tests/infer_helpers.make_bundle), built once per session."""
+    from infer_helpers import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("tiny-bundle") / "tiny.hamedge")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Tests never write to the user's cache (exported bundles, measured choices, OpenVINO's

@@ -69,6 +69,11 @@ def bench(
     compare: Optional[Tuple[Path, Path]] = typer.Option(None, "--compare", help="Compare two results.json "
                                                         "files (A B): what got faster or slower.",
                                                         show_default=False),
+    server: Optional[str] = typer.Option(None, "--server", help="Load-test `hamedge serve` at this URL "
+                                         "(http:// or grpc://) instead, like perf_analyzer."),
+    concurrency: str = typer.Option("1,4,16,64", help="With --server: concurrent clients per level."),
+    server_model: str = typer.Option("image", help="With --server: image (encoded files, read on the "
+                                     "server) or tensor (preprocessed here)."),
 ) -> None:
     """Latency (min/mean/median/p90/p95/p99, throughput) and accuracy (AUC, T(IoU), agreement with
     fp32) of every backend and precision, against the PyTorch eager forward, in one table."""
@@ -88,6 +93,11 @@ def bench(
     from hamedge.bench.results import load_results
 
     console = Console()
+    if server is not None:
+        from hamedge.serve.bench_server import bench_server
+
+        bench_server(server, concurrency, server_model, samples, seconds or 10.0, out, console)
+        return
     if compare:
         a, b = (load_results(p) for p in compare)
         print_comparison(compare_results(a, b), str(compare[0]), str(compare[1]), console=console)

@@ -58,6 +58,9 @@ def export(
     plugin_library: Optional[Path] = typer.Option(
         None, "--plugin-library", help="The C++ FusedRefine plugin library for those engines "
                                        "(default: $HAMEDGE_FUSED_PLUGIN_LIB, else tensorrt.plugin)."),
+    triton_repo: Optional[Path] = typer.Option(
+        None, "--triton-repo", help="Also write a Triton model repository here (ONNX Runtime, "
+                                    "TensorRT where engines exist, pre/post-processing, ensemble)."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle: ONNX, INT8, TensorRT engines."""
     from hamedge.export import ExportOptions, export_bundle
@@ -71,4 +74,12 @@ def export(
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mib=workspace_mib, dla_core=dla_core, fused_plugin=fused_plugin,
         plugin_library=plugin_library)
+    if triton_repo is not None:
+        from hamedge.serve.repository import check_repo_target
+
+        check_repo_target(triton_repo)  # before the export's minutes of work
     export_bundle(checkpoint, opts, log=lambda line: typer.echo(line, err=True))
+    if triton_repo is not None:
+        from hamedge.serve.repository import write_triton_repo_for_export
+
+        write_triton_repo_for_export(out, triton_repo, int8, max_batch)

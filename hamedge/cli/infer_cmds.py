@@ -173,6 +173,13 @@ def infer(
         None, "--dicom-out",
         help="For DICOM inputs, also write a Structured Report (TID 1500: findings, "
              "probabilities, boxes) and a Secondary Capture of the heatmap overlay here."),
+    server: Optional[str] = typer.Option(None, "--server",
+                                         help="Run the model on `hamedge serve` at this URL "
+                                              "(http://HOST:PORT or grpc://HOST:PORT) instead "
+                                              "of here; --model/--backend/--precision are the "
+                                              "server's."),
+    server_timeout: float = typer.Option(60.0, help="Seconds a server request may take."),
+    token_file: Optional[Path] = typer.Option(None, help="Token file for a server that needs one."),
 ) -> None:
     """Run a model over X-ray files; write results.csv, results.jsonl and heatmaps.
 
@@ -200,10 +207,12 @@ def infer(
     from hamedge.io import warnings_to_log
 
     with _verbose_log(verbose), native_stderr_to_log(), warnings_to_log():
-        _infer(paths, model, out, backend, precision, device, options, json_out, quiet)
+        _infer(paths, model, out, backend, precision, device, options, json_out, quiet,
+               (server, server_timeout, token_file))
 
 
-def _infer(paths, model, out, backend, precision, device, options, json_out, quiet) -> None:
+def _infer(paths, model, out, backend, precision, device, options, json_out, quiet,
+           remote) -> None:
     from rich.console import Console
 
     from hamedge.api import resolve_bundle
@@ -213,12 +222,21 @@ def _infer(paths, model, out, backend, precision, device, options, json_out, qui
     from hamedge.runtime import open_backend
 
     console = Console(stderr=True)
-    bundle = resolve_bundle(model)
-    with open_backend(bundle, backend, precision, device, use="throughput") as runner:
-        if backend == "auto" and not quiet:
+    server, server_timeout, token_file = remote
+    if server is not None:  # the DICOM-tag gate runs here; the OOD score needs the bundle
+        from hamedge.client import RemoteBackend, read_token_file
+
+        opened = RemoteBackend(server, server_timeout, read_token_file(token_file))
+        key, bundle = opened.model_id, None
+    else:
+        bundle = resolve_bundle(model)
+        opened = open_backend(bundle, backend, precision, device, use="throughput")
+        key = model_id(bundle)
+    with opened as runner:
+        if backend == "auto" and not quiet and bundle is not None:
             console.print(f"backend: {runner.description} ({runner.selection_reason})",
                           highlight=False, soft_wrap=True)
-        ood = usable_ood(bundle, runner) if options.gate.enabled else None
+        ood = usable_ood(bundle, runner) if options.gate.enabled and bundle is not None else None
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:
@@ -233,11 +251,10 @@ def _infer(paths, model, out, backend, precision, device, options, json_out, qui
                 def on_progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                summary = run_inference(paths, runner, out, options, model_id(bundle),
-                                        on_progress, on_record, ood)
+                summary = run_inference(paths, runner, out, options, key, on_progress,
+                                        on_record, ood)
         else:
-            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record,
-                                    ood)
+            summary = run_inference(paths, runner, out, options, key, None, on_record, ood)
     if not quiet:
         console.print(summary.line(), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
