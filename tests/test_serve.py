@@ -74,7 +74,7 @@ def test_image_model_reads_files_like_infer(server, bundle_dir, nih_images, tmp_
 
     dicom = tmp_path / "study.dcm"
     write_dicom(dicom, (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16))
-    model = hamedge.load(bundle_dir)
+    model = hamedge.load(bundle_dir, backend="onnxruntime")  # the server runs ONNX Runtime
     with Client(server.config.http_url, timeout=30) as client:
         for path in (nih_images[0], dicom):
             got = client.infer_file(path, heatmaps=True)
