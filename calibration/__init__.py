@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from calibration.data import CalibrationSet, load_calibration_set  # noqa: F401
-from calibration.guard import Budget, compare, evaluate_graph
-from calibration.quantize import (calibrate, layer_sensitivity, qdq_problems, quantize,
+from hamedge.calibration.data import CalibrationSet, load_calibration_set  # noqa: F401
+from hamedge.calibration.guard import Budget, compare, evaluate_graph
+from hamedge.calibration.quantize import (calibrate, layer_sensitivity, qdq_problems, quantize,
                                   quantizable_nodes)
 from hamedge.bundle import GRAPH_FILES, GraphInfo
 from hamedge.errors import HamedgeError

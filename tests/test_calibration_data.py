@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from calibration.data import (MIN_IMAGES, CalibrationWarning, load_calibration_set,
+from hamedge.calibration.data import (MIN_IMAGES, CalibrationWarning, load_calibration_set,
                               select_images)
 from hamedge.errors import DataError
 from hamedge.spec import ModelSpec
@@ -94,7 +94,7 @@ def test_calibration_bundle_and_trt_modules_never_import_torch():
     from pathlib import Path
 
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import calibration, calibration.data, calibration.quantize, calibration.guard\n"
+            "import hamedge.calibration, hamedge.calibration.data, hamedge.calibration.quantize, hamedge.calibration.guard\n"
             "import hamedge.bundle, hamedge.trt, hamedge.trt.build, hamedge.trt.naming\n"
             "import hamedge.cli.export_cmds\n"
             "print('ok')")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.guard import Budget, compare, heatmap_agreement
+from hamedge.calibration.guard import Budget, compare, heatmap_agreement
 from hamedge.spec import ModelSpec
 
 SPEC = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
@@ -43,8 +43,8 @@ def test_compare_flags_budget_failures():
 def test_fallback_rounds_then_refusal(tmp_path):
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
-    from calibration import Int8BudgetError, build_int8
-    from calibration.data import load_calibration_set, synthetic_heldout
+    from hamedge.calibration import Int8BudgetError, build_int8
+    from hamedge.calibration.data import load_calibration_set, synthetic_heldout
     from hamedge.datasets import load_dataset
     from hamedge.model.export import export_onnx
     from hamedge.model.network import HAM

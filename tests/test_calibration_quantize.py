@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
+from hamedge.calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
                                   qdq_problems, quantizable_nodes, quantize, tail_nodes)
 from hamedge.model.export import export_onnx, run_onnx  # noqa: E402
 from hamedge.model.network import HAM  # noqa: E402

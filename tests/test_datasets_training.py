@@ -15,7 +15,7 @@ from hamedge.preprocess import preprocess  # noqa: E402
 from hamedge.io import read_image  # noqa: E402
 from hamedge.spec import ModelSpec  # noqa: E402
 from hamedge.synth import generate  # noqa: E402
-from training.data import HAMDataset  # noqa: E402
+from hamedge.training.data import HAMDataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def config(tiny_data: Path, out: Path, **kw):
-    from training.train import TrainConfig
+    from hamedge.training.train import TrainConfig
 
     base = dict(data=str(tiny_data), out=str(out), arch="resnet18", output_stride=32,
                 input_size=SIZE, epochs=2, batch_size=4, lr=1e-3, limit_batches=2,
@@ -42,7 +42,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_train_writes_checkpoints_history_and_best(tiny_data, tmp_path):
     from hamedge.model.checkpoint import load_model
-    from training.train import train
+    from hamedge.training.train import train
 
     best = train(config(tiny_data, tmp_path / "run"))
     run = tmp_path / "run"
@@ -64,7 +64,7 @@ def test_train_writes_checkpoints_history_and_best(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
-    import training.train as T
+    import hamedge.training.train as T
 
     T.train(config(tiny_data, tmp_path / "straight"))
     calls = {"n": 0}
@@ -93,7 +93,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_data, tmp_path, m
 
 
 def test_resume_without_state_and_other_architecture(tiny_data, tmp_path):
-    from training.train import train
+    from hamedge.training.train import train
 
     with pytest.raises(HamedgeError, match="nothing to resume"):
         train(config(tiny_data, tmp_path / "empty", resume=True))
@@ -107,7 +107,7 @@ def test_evaluate_checkpoint_and_blob_baseline(tiny_data, tmp_path):
     from hamedge.model.network import HAM
     from hamedge.spec import ModelSpec
     from hamedge.synth import SYNTH_CLASSES
-    from training.evaluate import evaluate_checkpoint
+    from hamedge.training.evaluate import evaluate_checkpoint
 
     spec = ModelSpec(arch="resnet18", output_stride=32, input_size=SIZE, class_names=SYNTH_CLASSES)
     torch.manual_seed(0)
@@ -206,7 +206,7 @@ def test_sigterm_saves_resumable_state(tiny_data, tmp_path, monkeypatch):
     import os
     import signal
 
-    import training.train as T
+    import hamedge.training.train as T
 
     calls = {"n": 0}
     real = T.batch_losses

@@ -10,7 +10,7 @@ import torch
 
 from hamedge.errors import HamedgeError
 from hamedge.model.network import HAMOutput
-from training.losses import LossWeights, ham_losses
+from hamedge.training.losses import LossWeights, ham_losses
 
 
 def make_out(ano_logit, cls_logits, class_maps, ano_cam, cls_cams):

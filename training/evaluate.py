@@ -22,7 +22,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike | None, data_root: str | os.Path
     import torch
 
     from hamedge.model.checkpoint import checkpoint_sha256, load_model, resolve_checkpoint
-    from training.train import load_split, torch_predict_fn
+    from hamedge.training.train import load_split, torch_predict_fn
 
     torch.set_num_threads(os.cpu_count() or 1)
     path = resolve_checkpoint(ckpt)

@@ -38,7 +38,7 @@ import torch
 from hamedge.errors import DataError, HamedgeError
 from hamedge.fsutil import write_bytes, write_text
 from hamedge.spec import ModelSpec
-from training.losses import LossWeights, batch_losses
+from hamedge.training.losses import LossWeights, batch_losses
 
 LOSS_KEYS = ("ano", "cls", "ex_cls", "bound", "union", "total")
 
@@ -175,7 +175,7 @@ def train(config: TrainConfig, console=None) -> Path:
 
     from hamedge.model.checkpoint import load_checkpoint, save_checkpoint
     from hamedge.model.network import HAM
-    from training.data import HAMDataset
+    from hamedge.training.data import HAMDataset
 
     console = console or Console(stderr=True)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)

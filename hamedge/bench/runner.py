@@ -96,7 +96,7 @@ def resolve_bundle(opts: BenchOptions, log: Log):
 def export_checkpoint(ckpt: Path, target: Path, log: Log):
     """Export as `hamedge export --int8` does (calibrated, guarded). If INT8 cannot hold the
     budget, export it anyway without the guard: the bench measures it and marks the breach."""
-    from calibration import Int8BudgetError
+    from hamedge.calibration import Int8BudgetError
     from hamedge.model.export import ExportOptions, export_bundle
 
     try:

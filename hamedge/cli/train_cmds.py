@@ -58,8 +58,8 @@ def train_cmd(
                                                         "stopped."),
 ) -> None:
     """Train a HAM model (Adam, step decay, the five HAM losses); writes best.safetensors."""
-    from training.losses import LossWeights
-    from training.train import TrainConfig, train
+    from hamedge.training.losses import LossWeights
+    from hamedge.training.train import TrainConfig, train
 
     _check_data(data)
     config = TrainConfig(
@@ -91,7 +91,7 @@ def evaluate_cmd(
 
     from hamedge.fsutil import write_text
     from hamedge.metrics import format_table
-    from training.evaluate import evaluate_checkpoint
+    from hamedge.training.evaluate import evaluate_checkpoint
 
     _check_data(data)
     result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size,

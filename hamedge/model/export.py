@@ -328,7 +328,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
         writer.copy_file(ckpt, WEIGHTS_FILE)
         calibration = None
         if calib_set is not None:
-            from calibration import Budget, build_int8
+            from hamedge.calibration import Budget, build_int8
 
             budget = Budget(max_mean_auc_drop=opts.max_auc_drop, max_tiou_drop=opts.max_tiou_drop)
             calibration = build_int8(fp32_path, writer.tmp, spec, exported.graph, calib_set,
@@ -374,13 +374,13 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
 
 def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: str, log):
     """(calibration set, guard set or None). Synthetic held-out data goes under ``scratch``."""
-    from calibration.data import (SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set,
+    from hamedge.calibration.data import (SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set,
                                   synth_size, synthetic_heldout)
     from hamedge.datasets import load_dataset
     from hamedge.synth import SYNTH_CLASSES
 
     if opts.calib is not None:  # fail fast on a bad folder, before any slow step
-        from calibration.data import MIN_IMAGES, select_images
+        from hamedge.calibration.data import MIN_IMAGES, select_images
 
         found, _ = select_images(opts.calib, opts.calib_count, opts.calib_seed)
         if len(found) < MIN_IMAGES:
