@@ -37,8 +37,14 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1])."""
+def read_image(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndarray:
+    """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1]).
+
+    ``reduce_to``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (the decoder's DCT
+    scaling, far less work) while both sides stay at least this many pixels. Those pixels differ
+    from a full decode followed by the resize, so callers opt in (``hamedge infer
+    --reduced-decode``) and take the file's full size from ``image_size``. Other formats, and
+    None, decode in full."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -46,7 +52,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: empty file")
     if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
         return _read_dicom(path)
-    return _read_raster(path)
+    return _read_raster(path, reduce_to)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of a PNG/JPEG/TIFF/BMP from its header without decoding it; None for
+    files Pillow cannot open (DICOM)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            return int(pil.size[1]), int(pil.size[0])
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +84,7 @@ def _gray(array: np.ndarray) -> np.ndarray:
     return (array[..., 0] * _LUMA[0] + array[..., 1] * _LUMA[1] + array[..., 2] * _LUMA[2]).astype(np.float32)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path, reduce_to: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if _png_bit_depth(path) == 16:
@@ -79,6 +97,8 @@ def _read_raster(path: Path) -> np.ndarray:
             if limit and pil.size[0] * pil.size[1] > limit:
                 raise DataError(f"{path}: image of {pil.size[0]}x{pil.size[1]} pixels is larger "
                                 f"than the {limit}-pixel safety limit (decompression bomb?)")
+            if reduce_to and pil.format == "JPEG":
+                pil.draft(pil.mode, (reduce_to, reduce_to))  # DCT scaling; both sides stay >= reduce_to
             pil.load()  # decode now: truncated or corrupt data fails here
             if getattr(pil, "n_frames", 1) > 1:
                 pil.seek(0)

@@ -47,7 +47,15 @@ def infer(
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the backend's choice)"),
     batch: int = typer.Option(8, "--batch", "-b", help="Images per batch (the last may be smaller)."),
-    workers: int = typer.Option(2, help="Reader threads (reading + preprocessing)."),
+    workers: Optional[int] = typer.Option(None, help="Reader threads (reading + preprocessing); "
+                                                     "default: one per usable core."),
+    writers: Optional[int] = typer.Option(None, help="Heatmap-writing threads; default: one per "
+                                                     "usable core."),
+    reduced_decode: bool = typer.Option(False, "--reduced-decode",
+                                        help="Decode JPEGs at reduced size (1/2, 1/4, 1/8 by DCT "
+                                             "scaling, at least twice the model's input): much "
+                                             "less work, slightly different pixels; not with "
+                                             "--heatmaps overlay."),
     glob: Optional[str] = typer.Option(None, help="Only files whose path matches, e.g. '*.dcm'."),
     heatmaps: str = typer.Option("overlay", help="overlay | png | npy | none"),
     all_heatmaps: bool = typer.Option(False, "--all-heatmaps",
@@ -69,7 +77,8 @@ def infer(
     from hamedge.pipeline import InferOptions, model_id, run_inference
     from hamedge.runtime import open_backend
 
-    options = InferOptions(batch=batch, workers=workers, glob=glob, heatmaps=heatmaps,
+    options = InferOptions(batch=batch, workers=workers, writers=writers,
+                           reduced_decode=reduced_decode, glob=glob, heatmaps=heatmaps,
                            all_heatmaps=all_heatmaps, overwrite=overwrite)
     options.validate()
     if out is None and not json_out:
@@ -79,7 +88,9 @@ def infer(
     if missing:  # before resolve_bundle, which may export the demo model first
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
-    with open_backend(bundle, backend, precision, device) as runner:
+    # spinning=False: ONNX Runtime's idle threads must not spin on the cores the readers and the
+    # heatmap writers need (no effect on the other backends)
+    with open_backend(bundle, backend, precision, device, spinning=False) as runner:
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:

@@ -2,10 +2,14 @@
 
     reader threads (read + preprocess, a bounded window of files in flight)
         -> main thread: batches of N -> backend.run
-        -> writer thread (bounded queue): predictions, boxes, heatmap files, durable rows
+        -> writer thread (bounded queue): predictions, boxes, durable rows in order; heatmap
+           files encoded by a pool of threads (PNG encoding is most of the writing)
 
-Threads, not processes: decoding (libpng/zlib, pydicom's numpy), Pillow's resize and the backends
-all release the GIL, and threads avoid copying every image between processes.
+Threads, not processes: decoding (libpng/zlib, pydicom's numpy), Pillow's resize, OpenCV's
+overlay and PNG encoding and the backends all release the GIL, and threads avoid copying every
+image between processes. Reader and heatmap threads default to one per usable core: the work of
+each stage comes in bursts, so each pool must be able to use every core while the others wait
+(benchmarks/infer_bound.py measures the stages and the bound).
 A file that cannot be read or preprocessed becomes an error row and the run goes on; a backend
 or writer failure is fatal (exit 2). Exit codes: 0 every input ok, 1 some inputs failed.
 """
@@ -39,7 +43,9 @@ EXIT_FATAL = 2
 @dataclass
 class InferOptions:
     batch: int = 8
-    workers: int = 2  # reader threads
+    workers: int | None = None  # reader threads; None: one per usable core
+    writers: int | None = None  # heatmap-encoding threads; None: one per usable core
+    reduced_decode: bool = False  # JPEG at reduced size (DCT scaling); see REDUCED_DECODE_FACTOR
     glob: str | None = None
     heatmaps: str = "overlay"  # overlay | png | npy | none
     all_heatmaps: bool = False
@@ -49,10 +55,27 @@ class InferOptions:
     def validate(self) -> None:
         if self.batch < 1:
             raise HamedgeError("--batch must be at least 1")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise HamedgeError("--workers must be at least 1")
+        if self.writers is not None and self.writers < 1:
+            raise HamedgeError("--writers must be at least 1")
         if self.heatmaps not in HEATMAP_FORMATS:
             raise HamedgeError(f"--heatmaps must be one of {', '.join(HEATMAP_FORMATS)}")
+        if self.reduced_decode and self.heatmaps == "overlay":
+            raise HamedgeError("--reduced-decode needs --heatmaps png, npy or none (an overlay is "
+                               "drawn on the fully decoded image)")
+
+
+# A reduced JPEG decode keeps both sides at least this many times the model's input, so the
+# (antialiased) resize to the input still averages several decoded pixels per input pixel.
+REDUCED_DECODE_FACTOR = 2
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -185,7 +208,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     ``out_dir`` None writes no files (for --json piping). ``on_progress(done, total)`` is called
     by the writer as rows land; ``on_record(record)`` gets every row's JSON record.
     """
-    from hamedge.io import read_image
+    from hamedge.io import image_size, read_image
     from hamedge.preprocess import preprocess
 
     options.validate()
@@ -212,12 +235,16 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         summary.already_done = len(files) - len(todo)
         keep_image = write_maps and options.heatmaps == "overlay"
         channels = backend.input_channels
+        reduce_to = REDUCED_DECODE_FACTOR * spec.input_size if options.reduced_decode else None
+        workers = options.workers or usable_cores()
 
         def load(path: Path, key: str) -> _Item:
             item = _Item(path, key)
             try:
-                image = read_image(path)
+                image = read_image(path, reduce_to)
                 item.size = (int(image.shape[0]), int(image.shape[1]))
+                if reduce_to:  # boxes and heatmaps are at the file's full size
+                    item.size = image_size(path) or item.size
                 item.tensor = preprocess(image, spec, channels)
                 if keep_image:
                     item.image = image
@@ -230,8 +257,8 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         writer.start()
         start = time.perf_counter()
         try:
-            with ThreadPoolExecutor(options.workers, thread_name_prefix="hamedge-read") as pool:
-                window = max(2 * options.batch, options.batch + 2 * options.workers)
+            with ThreadPoolExecutor(workers, thread_name_prefix="hamedge-read") as pool:
+                window = max(2 * options.batch, options.batch + 2 * workers)
                 pending: deque = deque()
                 it = iter(todo)
                 batch: list[_Item] = []
@@ -287,6 +314,9 @@ class _Writer(threading.Thread):
         self.total, self.summary = total, summary
         self.error: BaseException | None = None
         self.count = 0
+        threads = options.writers or usable_cores()
+        self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="hamedge-heatmaps")
+                     if write_maps and threads > 1 else None)
 
     def put(self, items, raw) -> None:
         while True:  # never block forever on a dead writer
@@ -324,6 +354,9 @@ class _Writer(threading.Thread):
                     self.queue.get_nowait()
                 except queue.Empty:
                     break
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
     def _handle(self, items, raw) -> None:
         records = []
@@ -333,11 +366,15 @@ class _Writer(threading.Thread):
         else:
             preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
                                              [i.key for i in items])
-            for item, pred in zip(items, preds):
+            written = [None] * len(items)
+            if self.write_maps:  # in parallel; the rows below stay in order
+                run = self.pool.map if self.pool is not None else map
+                written = list(run(self._write_heatmaps, items, preds))
+            for item, pred, maps in zip(items, preds, written):
                 record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
                 record["path"] = item.key
-                if self.write_maps:
-                    record["heatmaps"] = self._write_heatmaps(item, pred)
+                if maps is not None:
+                    record["heatmaps"] = maps
                 records.append(record)
                 item.image = None
         for record in records:

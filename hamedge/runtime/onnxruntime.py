@@ -48,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None, **_ignored) -> None:
+                 threads: int | None = None, spinning: bool = True, **_ignored) -> None:
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - a dependency of the slim runtime
@@ -68,6 +68,8 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        if not spinning:  # idle intra-op threads sleep instead of spinning on cores others need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
