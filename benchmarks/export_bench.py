@@ -2,7 +2,7 @@
 
 Measures, in one run on one machine:
 1. wall time of `hamedge export --int8` (a subprocess, as a user runs it) on the default model;
-2. ONNX Runtime CPU throughput of the fp32 graph and both INT8 forms (TensorRT S8S8, CPU U8S8)
+2. ONNX Runtime CPU throughput of the fp32 graph and both INT8 targets (tensorrt S8S8, cpu U8S8)
    against the PyTorch eager forward of the same model, at batch 1 and 8, same inputs.
 Writes benchmarks/results/export_cpu.{json,md} (machine, date, commit). When the packaged demo
 model is missing, a freshly initialised model of the demo's shape stands in (and says so): speed
@@ -14,10 +14,7 @@ does not depend on the weights, accuracy deltas do.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,47 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, ROOT, load_average, record_line, run_record, time_calls
 
 from hamedge.fsutil import write_text  # noqa: E402
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "avx2": " avx2" in flags,
-            "avx512_vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-            "python": platform.python_version()}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def timed(fn, batch: np.ndarray, seconds: float) -> dict:
-    fn(batch)  # warm-up (allocations, ORT's first-run optimisations)
-    fn(batch)
-    times = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        t0 = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - t0)
-    per_image = np.array(times) / batch.shape[0] * 1000
-    return {"iterations": len(times), "ms_per_image_median": float(np.median(per_image)),
+    per_image = time_calls(lambda: fn(batch), seconds) / batch.shape[0] * 1000
+    return {"iterations": len(per_image), "ms_per_image_median": float(np.median(per_image)),
             "ms_per_image_mean": float(per_image.mean()),
             "images_per_s": float(1000 / np.median(per_image))}
 
@@ -91,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--seconds", type=float, default=6.0, help="timing per measurement")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--extra-args", default="", help="more `hamedge export` arguments")
     ap.add_argument("--label", default="", help="what the checkpoint is, for the report")
     args = ap.parse_args()
@@ -102,7 +66,7 @@ def main() -> None:
     from hamedge.bundle import Bundle
     from hamedge.model.checkpoint import DEFAULT_MODEL, load_model
 
-    load_start = round(os.getloadavg()[0], 2)  # other work on the machine skews every number
+    load_start = load_average()  # other work on the machine skews every number
     work = Path(tempfile.mkdtemp(prefix="hamedge-export-bench-"))
     ckpt = args.checkpoint
     note = args.label or (str(ckpt) if ckpt else "")
@@ -129,8 +93,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sessions = {name: ort.InferenceSession(str(bundle_dir / f), providers=["CPUExecutionProvider"])
                 for name, f in (("onnxruntime fp32", "model.onnx"),
-                                ("onnxruntime int8 S8S8 (TensorRT form)", "model.int8.onnx"),
-                                ("onnxruntime int8 U8S8 (CPU form)", "model.int8.cpu.onnx"))}
+                                ("onnxruntime int8 S8S8 (target tensorrt)", "model.int8.onnx"),
+                                ("onnxruntime int8 U8S8 (target cpu)", "model.int8.cpu.onnx"))}
     for batch_size in (1, 8):
         x1 = rng.normal(size=(batch_size, bundle.graph.input_channels, spec.input_size,
                               spec.input_size)).astype(np.float32)
@@ -150,32 +114,28 @@ def main() -> None:
     cal = bundle.calibration or {}
     acc = cal.get("accuracy") or {}
     report = {
-        "benchmark": "export_cpu", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(), "machine": machine(), "model": note,
+        "benchmark": "export_cpu", **run_record(), "model": note,
         "spec": {"arch": spec.arch, "output_stride": spec.output_stride, "input_size": spec.input_size,
                  "classes": spec.num_classes},
-        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "torch_threads": torch.get_num_threads(),
-        "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        "load_average_1min_at_start": load_start,
         "export_int8_seconds": round(export_s, 1),
         "export_command": "hamedge export CKPT --out DIR --int8 " + args.extra_args,
-        "int8_guard": {form: {k: acc[form].get(k) for k in ("mean_auc_delta", "anomaly_auc_delta",
+        "int8_guard": {target: {k: acc[target].get(k) for k in ("mean_auc_delta", "anomaly_auc_delta",
                                                            "mean_tiou@0.3_delta", "passed")}
-                       | {"heatmap_mean_iou": acc[form]["heatmap_agreement"]["mean_iou"]}
-                       for form in acc},
+                       | {"heatmap_mean_iou": acc[target]["heatmap_agreement"]["mean_iou"]}
+                       for target in acc},
         "excluded_nodes": cal.get("excluded_nodes"),
         "throughput": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "export_cpu.json", json.dumps(report, indent=2) + "\n")
     lines = [f"# `hamedge export --int8` on CPU ({report['date']}, commit {report['commit']})", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
-             f"(AVX2 {report['machine']['avx2']}, VNNI {report['machine']['avx512_vnni']}); "
-             f"torch {torch.__version__}, onnxruntime {ort.__version__}; 1-minute load average "
-             f"{report['load_average_1m']['start']} at start, {report['load_average_1m']['end']} "
-             "at end (other work shared the 2 cores: absolute numbers are pessimistic).",
+             f"Measured {record_line(report)} Load average {load_start} at the start; CPU flags "
+             f"{', '.join(report['machine']['cpu_flags']) or 'none found'}; torch "
+             f"{torch.__version__}, onnxruntime {ort.__version__}.",
              f"Model: {spec.arch}, stride {spec.output_stride}, {spec.input_size} px ({note}).", "",
-             f"Export with `--int8` (calibration + both Q/DQ forms + accuracy guard): "
+             f"Export with `--int8` (calibration + both Q/DQ targets + accuracy guard): "
              f"**{export_s:.1f} s** wall.", "",
              "| batch | runner | ms / image (median) | images / s | vs torch eager |",
              "| --- | --- | ---: | ---: | ---: |"]
@@ -185,11 +145,11 @@ def main() -> None:
             lines.append(f"| {batch_name.split()[1]} | {name} | {r['ms_per_image_median']:.1f} | "
                          f"{r['images_per_s']:.1f} | {base / r['ms_per_image_median']:.2f}x |")
     lines += ["", "INT8 guard on the held-out set (INT8 minus fp32):", "",
-              "| form | mean AUC | anomaly AUC | T(IoU=0.3) | heatmap IoU vs fp32 | passed |",
+              "| target | mean AUC | anomaly AUC | T(IoU=0.3) | heatmap IoU vs fp32 | passed |",
               "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for form, g in report["int8_guard"].items():
+    for target, g in report["int8_guard"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:+.4f}"  # noqa: E731
-        lines.append(f"| {form} | {fmt(g['mean_auc_delta'])} | {fmt(g['anomaly_auc_delta'])} | "
+        lines.append(f"| {target} | {fmt(g['mean_auc_delta'])} | {fmt(g['anomaly_auc_delta'])} | "
                      f"{fmt(g['mean_tiou@0.3_delta'])} | {g['heatmap_mean_iou'] or 0:.3f} | "
                      f"{g['passed']} |")
     lines += ["", f"Layers kept in float by the guard: {len(cal.get('excluded_nodes') or [])}.",

@@ -1,10 +1,10 @@
-"""CPU benchmark of the heatmap refinement: the reference way vs the fused op (issue 6).
+"""CPU benchmark of the heatmap refinement: the reference way vs the fused op.
 
 15 maps (anomaly + 14 classes) at 16, 32 and 64 px to 512x512, batch 1 and 8, all in one run,
 methods interleaved repeat by repeat (so background load hits them alike), median of repeats.
 Methods:
   reference_torch  the reference repository's way: F.interpolate, a per-map min/max loop, sigmoid
-  naive_torch      hamedge.ops.torch_refine (the same chain, vectorised over maps)
+  naive_torch      hamedge.kernels.torch_refine (the same chain, vectorised over maps)
   reference_numpy  hamedge.ops.refine.refine_reference
   fused_numpy      hamedge.ops.refine.refine (float32 out), and fused_numpy_u8 (uint8 out)
   fused_torch_op   torch.ops.hamedge.fused_refine on CPU
@@ -14,12 +14,7 @@ Writes benchmarks/results/fused_refine_cpu.{md,json}. Run: python benchmarks/fus
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, record_line, run_record
 
 from hamedge.fsutil import write_text  # noqa: E402
 from hamedge.ops.refine import refine, refine_reference  # noqa: E402
-from hamedge.ops.torch_op import refine_torch  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.torch_op import refine_torch  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
 
 
 def reference_torch(cams: torch.Tensor, size, gain=100.0, center=0.4) -> torch.Tensor:
@@ -53,7 +47,7 @@ def reference_torch(cams: torch.Tensor, size, gain=100.0, center=0.4) -> torch.T
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     rng = np.random.default_rng(0)
@@ -87,24 +81,13 @@ def main() -> None:
             print(f"{low:>3}->512 batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
                   + f" ms/img; fused {row['speedup_fused_vs_reference_torch']:.1f}x; "
                   f"max|diff| {err:.1e}", flush=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores",
-            "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
-            "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
-            "repeats": args.repeats, "maps": 15, "size": 512}
+    meta = run_record(torch_threads=torch.get_num_threads(), repeats=args.repeats, maps=15,
+                      size=512)
     write_text(args.out / "fused_refine_cpu.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
     names = list(rows[0]["ms_per_image"])
     lines = ["# Fused heatmap refinement, CPU", "",
-             f"{meta['date']}, commit {commit}, {meta['machine']}, torch {meta['torch']} "
-             f"({meta['torch_threads']} threads), numpy {meta['numpy']}, load average "
-             f"{meta['load_average_1min']:.1f} at the end (the machine is shared).", "",
+             f"Measured {record_line(meta)} torch {torch.__version__} "
+             f"({meta['torch_threads']} threads), numpy {np.__version__}.", "",
              "15 maps to 512x512, ms per image, median of "
              f"{args.repeats} interleaved repeats; speedup = reference_torch / fused_numpy.", "",
              "| maps | batch | " + " | ".join(names) + " | speedup | max abs diff |",

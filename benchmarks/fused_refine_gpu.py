@@ -1,9 +1,9 @@
-"""GPU benchmark of the fused refinement (issue 6, item 5). Needs a CUDA GPU, torch and triton;
+"""GPU benchmark of the fused refinement. Needs a CUDA GPU, torch and triton;
 not run in the CPU-only development sessions (no GPU there). Run: python benchmarks/fused_refine_gpu.py
 
 For 15 maps at 16/32/64 px -> 512x512, batch 1, 8 and 32:
   - correctness on the GPU: Triton kernel vs the numpy reference (max abs diff, must be < 1e-3);
-  - time of the unfused torch chain (hamedge.ops.torch_refine) vs the Triton kernel
+  - time of the unfused torch chain (hamedge.kernels.torch_refine) vs the Triton kernel
     (fp32 and fp16 output), CUDA events, median of repeats;
   - the bandwidth floor: the time to write the output once (a device-to-device copy of the same
     number of bytes gives the achieved write+read bandwidth; floor = bytes / (copy_bytes_per_s / 2)
@@ -13,21 +13,18 @@ Writes benchmarks/results/fused_refine_gpu.{md,json}.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, record_line, run_record
 
 from hamedge.fsutil import write_text  # noqa: E402
 from hamedge.ops.refine import refine_reference  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
-from hamedge.ops.triton_refine import triton_refine  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.triton_refine import triton_refine  # noqa: E402
 
 
 def cuda_ms(fn, repeats=50) -> float:
@@ -73,11 +70,11 @@ def main() -> None:
             row["speedup_vs_unfused"] = row["unfused_torch_ms"] / row["triton_fp32_ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    out = ROOT / "benchmarks" / "results"
+    meta = run_record(gpu=torch.cuda.get_device_name())
+    out = RESULTS
     write_text(out / "fused_refine_gpu.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Fused heatmap refinement, GPU ({meta['gpu']}, {meta['date']})", "",
+    lines = [f"# Fused heatmap refinement, GPU ({meta['gpu']})", "", f"Measured {record_line(meta)}",
+             "",
              "| maps | batch | unfused torch ms | triton fp32 ms | triton fp16 ms | write floor ms "
              "| fused/floor | speedup | max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

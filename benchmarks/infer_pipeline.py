@@ -10,20 +10,15 @@ HAM (same cost). Writes benchmarks/results/infer_cpu.{md,json}.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, ROOT, record_line, run_record, time_calls
 
 
 NOTES = """Notes: on a CPU the readers, the heatmap writer and the model share the same cores, so
@@ -65,12 +60,8 @@ def make_folder(root: Path, size: int, count: int) -> Path:
 
 def pure_model(backend, batch: int, seconds: float = 8.0) -> float:
     x = np.random.default_rng(0).standard_normal((batch, *backend.input_shape)).astype(np.float32)
-    backend.run(x)  # warm-up
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        backend.run(x)
-        n += batch
-    return n / (time.perf_counter() - start)
+    times = time_calls(lambda: backend.run(x), seconds, warmup=1)
+    return batch * len(times) / float(times.sum())
 
 
 def end_to_end(backend, bundle, folder: Path, out: Path, batch: int, heatmaps: str) -> float:
@@ -101,18 +92,6 @@ def latency(backend, files: list[Path], runs: int) -> dict:
     t = np.asarray(times)
     return {"runs": runs, "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean())}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, {platform.system()}"
 
 
 def main() -> None:
@@ -147,21 +126,15 @@ def main() -> None:
                              args.latency_runs) for size in (512, 1024)}
         print(lat, flush=True)
         backend.close()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-              "commit": commit, "backend": f"{args.backend} {args.precision}", "model": model_desc,
+    result = {**run_record(), "backend": f"{args.backend} {args.precision}", "model": model_desc,
               "images_per_folder": args.images, "throughput": rows,
               "latency_batch1": {str(k): v for k, v in lat.items()}}
-    out = ROOT / "benchmarks" / "results"
+    out = RESULTS
     from hamedge.fsutil import write_text
 
     write_text(out / "infer_cpu.json", json.dumps(result, indent=2) + "\n")
     lines = [f"# hamedge infer: end-to-end vs pure model ({result['date']})", "",
-             f"- machine: {result['machine']}", f"- commit: {commit}",
+             f"- measured {record_line(result)}",
              f"- backend: {result['backend']}; model: {model_desc}",
              f"- {args.images} PNGs per folder, batch {args.batch}, 2 reader threads", "",
              "| image px | heatmaps | e2e img/s | pure model img/s | ratio |", "|---|---|---|---|---|"]

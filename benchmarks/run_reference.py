@@ -31,7 +31,7 @@ from hamedge.fsutil import write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-# The goals of the project (issue 5): throughput against PyTorch eager at the same batch size,
+# The project's performance goals: throughput against PyTorch eager at the same batch size,
 # same run, on the 2-core CPU; INT8 also with the accuracy budget held.
 GOALS = [
     {"model": "default", "config": "onnxruntime/int8", "mode": "e2e", "min_speedup": 3.0,
@@ -99,7 +99,7 @@ def default_model(work: Path) -> tuple[list[str], str]:
 def resnet50_bundle(work: Path) -> Path:
     """A resnet50/stride-8/512 HAM with random weights (BatchNorm statistics randomised so the
     activations are not degenerate), exported with INT8 calibrated on 16 synthetic images."""
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
     from hamedge.spec import ModelSpec
 
     target = work / "resnet50-s8-512.hamedge"

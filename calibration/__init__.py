@@ -18,12 +18,11 @@ from hamedge.calibration.data import CalibrationSet, load_calibration_set  # noq
 from hamedge.calibration.guard import Budget, compare, evaluate_graph
 from hamedge.calibration.quantize import (calibrate, layer_sensitivity, qdq_problems, quantize,
                                   quantizable_nodes)
-from hamedge.bundle import GRAPH_FILES, GraphInfo
+from hamedge.bundle import INT8_GRAPHS, TARGETS, GraphInfo
 from hamedge.errors import HamedgeError
 from hamedge.spec import ModelSpec
 
 CALIBRATION_FORMAT = "hamedge-calibration/1"
-FORM_FILES = {"tensorrt": GRAPH_FILES["int8"], "cpu": GRAPH_FILES["int8_cpu"]}
 
 
 class Int8BudgetError(HamedgeError):
@@ -34,7 +33,7 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
                graph: GraphInfo, calib: CalibrationSet, checkpoint_sha256: str, *,
                val_set: Any = None, val_limit: int | None = None, val_info: dict | None = None,
                method: str = "max",
-               budget: Budget = Budget(), max_rounds: int = 4, forms=("tensorrt", "cpu"),
+               budget: Budget = Budget(), max_rounds: int = 4, targets=TARGETS,
                enforce_budget: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write ``out_dir``/model.int8.onnx and model.int8.cpu.onnx; return calibration.json's dict.
 
@@ -61,32 +60,32 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
         rounds: list[dict[str, Any]] = []
         for round_no in range(max_rounds + 1):
             results: dict[str, Any] = {}
-            for form in forms:
-                path = out_dir / FORM_FILES[form]
-                kept = quantize(fp32_path, path, ranges_path, form, method, exclude=excluded)
-                problems = qdq_problems(onnx.load(str(path)), form)
+            for target in targets:
+                path = out_dir / INT8_GRAPHS[target]
+                kept = quantize(fp32_path, path, ranges_path, target, method, exclude=excluded)
+                problems = qdq_problems(onnx.load(str(path)), target)
                 if problems:
-                    raise HamedgeError(f"{FORM_FILES[form]} breaks the {form} Q/DQ rules: "
+                    raise HamedgeError(f"{INT8_GRAPHS[target]} breaks the {target} Q/DQ rules: "
                                        f"{problems[0]}")
-                entry: dict[str, Any] = {"file": FORM_FILES[form], "float_nodes": len(kept)}
+                entry: dict[str, Any] = {"file": INT8_GRAPHS[target], "float_nodes": len(kept)}
                 if ref is not None:
                     got, maps = evaluate_graph(path, val_set, spec, graph.input_channels, refined,
                                                limit=val_limit)
                     entry.update(compare(ref, ref_maps, got, maps, spec, budget, refined))
-                results[form] = entry
+                results[target] = entry
             passed = all(r.get("passed", True) for r in results.values())
             rounds.append({"round": round_no, "excluded": list(excluded), "passed": passed,
-                           "forms": {f: _short(r) for f, r in results.items()}})
-            for form, r in results.items():
-                log(f"guard round {round_no} {form}: {_describe(r)}")
+                           "targets": {t: _short(r) for t, r in results.items()}})
+            for target, r in results.items():
+                log(f"guard round {round_no} {target}: {_describe(r)}")
             if passed or ref is None or round_no == max_rounds:
                 break
-            # keep the worst layers of every failing form in float, more each round (1, 2, 4, ...)
+            # keep the worst layers of every failing target in float, more each round (1, 2, 4, ...)
             worst: list[str] = []
             sample = calib.inputs[: min(8, len(calib))]
-            for form, r in results.items():
+            for target, r in results.items():
                 if not r["passed"]:
-                    ranked = layer_sensitivity(fp32_path, out_dir / FORM_FILES[form], sample,
+                    ranked = layer_sensitivity(fp32_path, out_dir / INT8_GRAPHS[target], sample,
                                                exclude=excluded)
                     worst += [name for name, _ in ranked if name not in excluded + worst]
             add = worst[: 2 ** round_no]
@@ -108,13 +107,13 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
             "quantisable_nodes": len(candidates),
             "excluded_nodes": excluded,
             "float_tail_prefix": "/head/",
-            "forms": {form: {"file": FORM_FILES[form],
-                             "activations": "int8 symmetric" if form == "tensorrt" else "uint8 asymmetric",
-                             "weights": "int8 symmetric per-channel",
-                             "bias": "float" if form == "tensorrt" else "int32"} for form in forms},
+            "targets": {t: {"file": INT8_GRAPHS[t],
+                            "activations": "int8 symmetric" if t == "tensorrt" else "uint8 asymmetric",
+                            "weights": "int8 symmetric per-channel",
+                            "bias": "float" if t == "tensorrt" else "int32"} for t in targets},
             "budget": budget.to_dict(),
             "validation": None if ref is None else _validation(val_set, ref, val_info),
-            "accuracy": {form: results[form] for form in forms} if ref is not None else None,
+            "accuracy": {t: results[t] for t in targets} if ref is not None else None,
             "rounds": rounds,
             "passed": passed if ref is not None else None,
             "warnings": list(calib.warnings),

@@ -1,11 +1,11 @@
 """INT8 Q/DQ graphs from ONE calibration pass (ONNX Runtime's quantiser). No torch.
 
-Two forms are written from the same tensor ranges:
+One graph per target (hamedge.bundle.INT8_GRAPHS), written from the same tensor ranges:
 - "tensorrt" (model.int8.onnx): int8 activations and weights, both symmetric (zero points 0),
   per-channel weights, no int32 bias quantisation: what TensorRT 8.5/10/11 builds.
 - "cpu" (model.int8.cpu.onnx): uint8 asymmetric activations, int8 symmetric per-channel weights,
-  int32 biases: the U8S8 form ONNX Runtime fuses into fast integer kernels on x86 (TENSORRT.md:
-  the symmetric form runs slower than fp32 there, this one 1.6x faster).
+  int32 biases: the U8S8 layout ONNX Runtime fuses into fast integer kernels on x86 (there the
+  symmetric graph runs slower than fp32, this one about 1.6x faster: benchmarks/export_bench.py).
 Only Conv/MatMul/Gemm are quantised; every node of the float tail (names under
 hamedge.bundle.FLOAT_TAIL_PREFIX: LSE pooling, sigmoids, CAM projection, refinement) is excluded.
 The ranges are ONNX Runtime's calibration cache (JSON); its sha256 keys calibration.json.
@@ -22,13 +22,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from hamedge.bundle import FLOAT_TAIL_PREFIX
+from hamedge.bundle import FLOAT_TAIL_PREFIX, TARGETS
 from hamedge.errors import HamedgeError
 from hamedge.fsutil import sha256_file
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("max", "entropy", "percentile")
-FORMS = ("tensorrt", "cpu")
 DEFAULT_PERCENTILE = 99.999
 
 
@@ -94,16 +93,16 @@ def quantizable_nodes(model, exclude: Sequence[str] = ()) -> list[str]:
             and not n.name.startswith(FLOAT_TAIL_PREFIX) and n.name not in skip]
 
 
-def _options(form: str) -> tuple[Any, Any, dict[str, Any]]:
+def _options(target: str) -> tuple[Any, Any, dict[str, Any]]:
     from onnxruntime.quantization import QuantType
 
-    if form == "tensorrt":
+    if target == "tensorrt":
         return QuantType.QInt8, QuantType.QInt8, {
             "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-    if form == "cpu":
+    if target == "cpu":
         return QuantType.QUInt8, QuantType.QInt8, {
             "ActivationSymmetric": False, "WeightSymmetric": True}
-    raise QuantizationError(f"unknown Q/DQ form {form!r}; one of {', '.join(FORMS)}")
+    raise QuantizationError(f"unknown INT8 target {target!r}; one of {', '.join(TARGETS)}")
 
 
 def calibrate(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], ranges_path: str | os.PathLike,
@@ -119,7 +118,7 @@ def calibrate(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], range
     act, weight, extra = _options("tensorrt")
     # CalibStridedMinMax (despite its name: any method) collects one reader item at a time.
     # Asymmetric ranges for every method (ORT's percentile calibrator defaults to symmetric):
-    # the CPU form uses them as they are, the TensorRT form symmetrises them when it quantises.
+    # the "cpu" graph uses them as they are, the "tensorrt" graph symmetrises them.
     extra = dict(extra, CalibPercentile=percentile, CalibStridedMinMax=1,
                  CalibTensorRangeSymmetric=False)
     with tempfile.TemporaryDirectory(prefix="hamedge-calib-") as tmp, _quiet():
@@ -135,16 +134,16 @@ def calibrate(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], range
 
 
 def quantize(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
-             ranges_path: str | os.PathLike, form: str, method: str = "max",
+             ranges_path: str | os.PathLike, target: str, method: str = "max",
              exclude: Sequence[str] = ()) -> list[str]:
-    """Write the ``form`` Q/DQ graph from stored ranges (no new calibration). Returns the names of
+    """Write the ``target``'s Q/DQ graph from stored ranges (no new calibration). Returns the names of
     the nodes left in floating point (tail + ``exclude``)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     model = onnx.load(str(fp32_path))
     keep_float = tail_nodes(model) + [n for n in exclude if not n.startswith(FLOAT_TAIL_PREFIX)]
-    act, weight, extra = _options(form)
+    act, weight, extra = _options(target)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     with _quiet():
@@ -157,8 +156,8 @@ def quantize(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     return keep_float
 
 
-def qdq_problems(model, form: str = "tensorrt") -> list[str]:
-    """What in a Q/DQ graph breaks its form's constraints (empty: fine).
+def qdq_problems(model, target: str = "tensorrt") -> list[str]:
+    """What in a Q/DQ graph breaks its target's constraints (empty: fine).
 
     tensorrt: every zero point int8 and 0, no int32 (bias) DequantizeLinear, no Q/DQ node in the
     float tail. cpu: activations uint8, weights int8 with zero point 0."""
@@ -177,13 +176,13 @@ def qdq_problems(model, form: str = "tensorrt") -> list[str]:
             continue
         zp = inits[node.input[2]]
         values = numpy_helper.to_array(zp)
-        if form == "tensorrt":
+        if target == "tensorrt":
             if zp.data_type != TensorProto.INT8:
                 problems.append(f"{node.name}: zero point type "
                                 f"{TensorProto.DataType.Name(zp.data_type)}, TensorRT needs INT8")
             elif np.any(values != 0):
                 problems.append(f"{node.name}: non-zero zero point (TensorRT needs symmetric)")
-        elif form == "cpu" and zp.data_type == TensorProto.INT8 and np.any(values != 0):
+        elif target == "cpu" and zp.data_type == TensorProto.INT8 and np.any(values != 0):
             problems.append(f"{node.name}: int8 tensor with a non-zero zero point")
     tail = set(tail_nodes(model))
     producers = {out: n for n in model.graph.node for out in n.output}

@@ -52,7 +52,7 @@ def _build_bundle(checkpoint: Path, target: Path) -> None:
                            "bundle with --model DIR") from None
     import sys
 
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
 
     print(f"exporting {checkpoint.name} to a bundle once (cached in {target})", file=sys.stderr)
     export_bundle(checkpoint, ExportOptions(out=target, force=True), log=lambda *_: None)

@@ -5,8 +5,8 @@ Layout (written by `hamedge export`, read by every runtime backend)::
     model.hamedge/
       spec.json            {"format", "spec": ModelSpec, "graph": GraphInfo, "provenance": {...}}
       model.onnx           fp32 graph, dynamic batch (TensorRT builds fp16 engines from it)
-      model.int8.onnx      INT8 Q/DQ, symmetric S8S8, zero points 0: the form TensorRT needs
-      model.int8.cpu.onnx  INT8 Q/DQ, uint8 activations (U8S8): the form ONNX Runtime runs fast on x86
+      model.int8.onnx      INT8 Q/DQ for target "tensorrt": symmetric S8S8, zero points 0
+      model.int8.cpu.onnx  INT8 Q/DQ for target "cpu": uint8 activations (U8S8), fast in ONNX Runtime on x86
       model.plugin.onnx    optional: the graph with the fused-refinement TensorRT plugin node
       calibration.json     images, method, tensor ranges hash, accuracy deltas (only with --int8)
       weights.safetensors  copy of the checkpoint (for the torch backend)
@@ -40,16 +40,24 @@ WEIGHTS_FILE = "weights.safetensors"
 ENGINES_DIR = "engines"
 PLUGIN_GRAPH = "model.plugin.onnx"
 
-# (precision, target) -> graph file. "cpu" is ONNX Runtime (or any CPU runtime), "tensorrt" the GPU
-# builder. fp16 has no graph of its own: TensorRT builds fp16 engines from the fp32 graph.
-GRAPH_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int8_cpu": "model.int8.cpu.onnx"}
+# Graph files. One fp32 graph (fp16 has no graph of its own: TensorRT builds fp16 engines from it).
+# INT8 graphs come one per *target*, the runtime a graph is laid out for: "tensorrt" (symmetric
+# S8S8, what TensorRT needs; correct anywhere) and "cpu" (U8S8, what ONNX Runtime runs fast on
+# x86). Bundle.path_for picks the graph for a (precision, target).
+FP32_GRAPH = "model.onnx"
+INT8_GRAPHS = {"tensorrt": "model.int8.onnx", "cpu": "model.int8.cpu.onnx"}
+TARGETS = tuple(INT8_GRAPHS)
 PRECISIONS = ("fp32", "fp16", "int8")
-TARGETS = ("cpu", "tensorrt")
 
 OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
 # Exported graphs name every node after the classification features "/head/...": the pooling,
 # sigmoids, CAM projection and refinement that INT8 graphs keep in floating point.
 FLOAT_TAIL_PREFIX = "/head/"
+# ONNX opsets the exported graphs are written in. 17 is the highest TensorRT 8.5 (JetPack 5)
+# parses, fine for TensorRT 10/11 and ONNX Runtime; torch's TorchScript tracer writes up to 20,
+# and below 11 there is no Resize with align_corners for full-resolution heatmaps.
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 11, 20
 
 
 @dataclass(frozen=True)
@@ -230,18 +238,18 @@ class Bundle:
 
         fp32/fp16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
         int8 on "cpu" -> model.int8.cpu.onnx (U8S8), or the symmetric graph when the bundle has no
-        CPU form (correct, only slower on x86).
+        "cpu" graph (correct, only slower on x86).
         """
         if precision not in PRECISIONS:
             raise BundleError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
         if target not in TARGETS:
             raise BundleError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
         if precision in ("fp32", "fp16"):
-            candidates = [GRAPH_FILES["fp32"]]
+            candidates = [FP32_GRAPH]
         elif target == "cpu":
-            candidates = [GRAPH_FILES["int8_cpu"], GRAPH_FILES["int8"]]
+            candidates = [INT8_GRAPHS["cpu"], INT8_GRAPHS["tensorrt"]]
         else:
-            candidates = [GRAPH_FILES["int8"]]
+            candidates = [INT8_GRAPHS["tensorrt"]]
         for rel in candidates:
             if rel in self.files:
                 return self.root / rel
@@ -252,9 +260,9 @@ class Bundle:
     def precisions(self) -> tuple[str, ...]:
         """Precisions this bundle has graphs for (fp16 whenever fp32 exists: TensorRT's choice)."""
         out = []
-        if GRAPH_FILES["fp32"] in self.files:
+        if FP32_GRAPH in self.files:
             out += ["fp32", "fp16"]
-        if GRAPH_FILES["int8"] in self.files or GRAPH_FILES["int8_cpu"] in self.files:
+        if any(name in self.files for name in INT8_GRAPHS.values()):
             out.append("int8")
         return tuple(out)
 

@@ -48,7 +48,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "effusion": ("pleuraleffusion",),
 }
 
-Box = tuple[float, float, float, float]
+# An annotated box: (x, y, w, h) floats in the pixels of the image file. (hamedge.heatmap.Box is a
+# different thing: a region found in a heatmap, with its score and area.)
+Rect = tuple[float, float, float, float]
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Record:
     name: str
     path: Path
     labels: np.ndarray  # float32 multi-hot over the set's class_names
-    boxes: dict[str, list[Box]] = field(default_factory=dict)  # class -> [(x, y, w, h)] in image pixels
+    boxes: dict[str, list[Rect]] = field(default_factory=dict)  # class -> [(x, y, w, h)] in image pixels
     box_supervised: bool = False  # its boxes may supervise training / are the evaluation boxes
     label_weights: np.ndarray | None = None  # CheXpert uncertain="ignore": 0 where a label is unknown
 
@@ -163,10 +165,10 @@ def _multi_hot(names: Iterable[str], match: _ClassMatcher) -> np.ndarray:
     return labels
 
 
-def _boxes(raw: dict, match: _ClassMatcher, corners: bool, where: str) -> dict[str, list[Box]]:
+def _boxes(raw: dict, match: _ClassMatcher, corners: bool, where: str) -> dict[str, list[Rect]]:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: boxes must map class -> [[x, y, w, h], ...]")
-    out: dict[str, list[Box]] = {}
+    out: dict[str, list[Rect]] = {}
     for cls, boxes in raw.items():
         i = match(cls)
         if i is None:
@@ -457,6 +459,16 @@ def image_size(record: Record) -> tuple[int, int]:
         return read_image(record.path).shape  # DICOM and friends
 
 
+def rect_mask(rects: Iterable[Rect], hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 0/1: the union of ``rects`` drawn at full resolution, as the reference draws
+    them (pixels int(x) .. int(x + w) - 1, clipped to the image)."""
+    mask = np.zeros(hw, np.uint8)
+    for x, y, bw, bh in rects:
+        x0, y0 = max(int(x), 0), max(int(y), 0)
+        mask[y0:max(int(y + bh), 0), x0:max(int(x + bw), 0)] = 1
+    return mask
+
+
 def box_mask(record: Record, cls: int | str, out_size: int | Sequence[int],
              image_size_hw: int | Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> np.ndarray:
     """uint8 0/1 mask of class ``cls`` at ``out_size`` (int or (h, w)).
@@ -476,10 +488,7 @@ def box_mask(record: Record, cls: int | str, out_size: int | Sequence[int],
     if not boxes:
         return np.zeros((out_h, out_w), np.uint8)
     h, w = _pair(image_size_hw) if image_size_hw is not None else image_size(record)
-    full = np.zeros((h, w), np.uint8)
-    for x, y, bw, bh in boxes:
-        x0, y0 = max(int(x), 0), max(int(y), 0)
-        full[y0:max(int(y + bh), 0), x0:max(int(x + bw), 0)] = 1
+    full = rect_mask(boxes, (h, w))
     if (h, w) == (out_h, out_w):
         return full
     return np.asarray(Image.fromarray(full, "L").resize((out_w, out_h), Image.NEAREST))

@@ -1,4 +1,4 @@
-"""Evaluation metrics, as the HAM reference computes them (HAM.md "Evaluation"). No torch.
+"""Evaluation metrics, as the HAM reference code computes them. No torch.
 
 Classification: ROC AUC per class with scikit-learn's roc_curve + auc (as the reference's
 calculate_auc), their mean, and the anomaly AUC against "any finding" (max over the class labels).

@@ -1,7 +1,7 @@
 """Test helpers for the runtime / pipeline / infer / api tests: a tiny exported bundle and a
 DICOM writer.
 
-A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.export and
+A resnet18 / stride 32 / 64 px HAM with random weights, exported through hamedge.model.graph and
 written with hamedge.bundle.BundleWriter (what `hamedge export` does, minus INT8 and engines).
 """
 
@@ -23,7 +23,7 @@ def make_bundle(target: Path, spec: ModelSpec = TINY_SPEC, seed: int = 0, fold: 
 
     from hamedge.bundle import BundleWriter
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.export import export_onnx
+    from hamedge.model.graph import export_onnx
     from hamedge.model.network import random_model
 
     model = random_model(spec, seed)

@@ -17,7 +17,7 @@ GRAPH = GraphInfo(input_channels=1, input_size=64, heatmaps="raw", feature_size=
                   opset=17)
 
 
-def make_bundle(target: Path, int8: bool = True, cpu_form: bool = True, calib_key: str = "ab" * 32,
+def make_bundle(target: Path, int8: bool = True, cpu_graph: bool = True, calib_key: str = "ab" * 32,
                 **kw) -> Bundle:
     with BundleWriter(target, **kw) as w:
         w.write_spec(SPEC, GRAPH, {"checkpoint_sha256": "ab" * 32})
@@ -26,7 +26,7 @@ def make_bundle(target: Path, int8: bool = True, cpu_form: bool = True, calib_ke
             w.write_bytes("model.int8.onnx", b"s8s8 graph")
             w.write_json("calibration.json", {"method": "max", "count": 3,
                                               "checkpoint_sha256": calib_key})
-        if cpu_form:
+        if cpu_graph:
             w.write_bytes("model.int8.cpu.onnx", b"u8s8 graph")
         w.write_bytes("weights.safetensors", b"weights")
         return w.commit()
@@ -60,9 +60,9 @@ def test_path_for_picks_the_right_graph(tmp_path):
     assert b.path_for("int8", "cpu").name == "model.int8.cpu.onnx"
     with pytest.raises(BundleError, match="unknown precision"):
         b.path_for("int4")
-    only_sym = make_bundle(tmp_path / "c", cpu_form=False)
+    only_sym = make_bundle(tmp_path / "c", cpu_graph=False)
     assert only_sym.path_for("int8", "cpu").name == "model.int8.onnx"  # correct fallback
-    fp32_only = make_bundle(tmp_path / "d", int8=False, cpu_form=False)
+    fp32_only = make_bundle(tmp_path / "d", int8=False, cpu_graph=False)
     assert fp32_only.calibration is None
     with pytest.raises(BundleError, match="--int8"):
         fp32_only.path_for("int8", "tensorrt")
@@ -110,7 +110,7 @@ def test_writer_refuses_existing_target_and_force_replaces(tmp_path):
     make_bundle(tmp_path / "b")
     with pytest.raises(BundleError, match="already exists"):
         BundleWriter(tmp_path / "b")
-    b = make_bundle(tmp_path / "b", int8=False, cpu_form=False, force=True)
+    b = make_bundle(tmp_path / "b", int8=False, cpu_graph=False, force=True)
     assert b.precisions == ("fp32", "fp16")
     assert not (tmp_path / "b" / "model.int8.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -46,7 +46,7 @@ def test_fallback_rounds_then_refusal(tmp_path):
     from hamedge.calibration import Int8BudgetError, build_int8
     from hamedge.calibration.data import load_calibration_set, synthetic_heldout
     from hamedge.datasets import load_dataset
-    from hamedge.model.export import export_onnx
+    from hamedge.model.graph import export_onnx
     from hamedge.model.network import HAM
     from hamedge.synth import SYNTH_CLASSES
 
@@ -64,7 +64,7 @@ def test_fallback_rounds_then_refusal(tmp_path):
     logs: list[str] = []
     record = build_int8(fp32, tmp_path, spec, exported.graph, calib, "ab" * 32, val_set=val,
                         budget=impossible, max_rounds=1, enforce_budget=False, log=logs.append,
-                        forms=("cpu",))
+                        targets=("cpu",))
     assert record["passed"] is False and len(record["rounds"]) == 2
     assert len(record["excluded_nodes"]) == 1 and record["rounds"][1]["excluded"]
     assert any("keeping 1 more layer" in line for line in logs)
@@ -73,7 +73,7 @@ def test_fallback_rounds_then_refusal(tmp_path):
     assert not (tmp_path / ".calibration.ranges.json").exists()
     with pytest.raises(Int8BudgetError, match="outside the accuracy budget"):
         build_int8(fp32, tmp_path, spec, exported.graph, calib, "ab" * 32, val_set=val,
-                   budget=impossible, max_rounds=0, log=logs.append, forms=("cpu",))
+                   budget=impossible, max_rounds=0, log=logs.append, targets=("cpu",))
 
 
 def test_heatmap_agreement_accepts_binarised_maps():

@@ -1,4 +1,4 @@
-"""Q/DQ graphs from one calibration pass: TensorRT's constraints, the CPU form, the float tail."""
+"""Q/DQ graphs from one calibration pass: TensorRT's constraints, the "cpu" target, the float tail."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ pytest.importorskip("onnxruntime")
 
 from hamedge.calibration.quantize import (QuantizationError, calibrate, layer_sensitivity,  # noqa: E402
                                   qdq_problems, quantizable_nodes, quantize, tail_nodes)
-from hamedge.model.export import export_onnx, run_onnx  # noqa: E402
+from hamedge.compare import run_onnx  # noqa: E402
+from hamedge.model.graph import export_onnx  # noqa: E402
 from hamedge.model.network import HAM  # noqa: E402
 from hamedge.spec import ModelSpec  # noqa: E402
 
@@ -29,9 +30,9 @@ def graphs(tmp_path_factory):
     ranges = d / "ranges.json"
     digest = calibrate(fp32, [x[:8], x[8:]], ranges, method="max")
     out = {"fp32": fp32, "ranges": ranges, "digest": digest, "x": x, "dir": d}
-    for form in ("tensorrt", "cpu"):
-        out[form] = d / f"{form}.onnx"
-        quantize(fp32, out[form], ranges, form)
+    for target in ("tensorrt", "cpu"):
+        out[target] = d / f"{target}.onnx"
+        quantize(fp32, out[target], ranges, target)
     return out
 
 
@@ -77,8 +78,8 @@ def test_cpu_form_uses_uint8_activations(graphs):
 def test_both_forms_track_fp32(graphs):
     x = graphs["x"][:4]
     ref = run_onnx(graphs["fp32"].read_bytes(), x)
-    for form in ("tensorrt", "cpu"):
-        got = run_onnx(graphs[form].read_bytes(), x)
+    for target in ("tensorrt", "cpu"):
+        got = run_onnx(graphs[target].read_bytes(), x)
         assert np.abs(got["class_probs"] - ref["class_probs"]).max() < 0.1
         corr = np.corrcoef(got["attention_maps"].ravel(), ref["attention_maps"].ravel())[0, 1]
         assert corr > 0.95

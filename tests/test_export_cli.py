@@ -60,8 +60,10 @@ def test_int8_bundle_contents(int8_bundle, ckpt):
     assert cal["count"] == 12 and len(cal["calibration_images"]["images"]) == 12
     assert all(len(i["sha256"]) == 64 for i in cal["calibration_images"]["images"])
     assert len(cal["tensor_ranges_sha256"]) == 64
-    for form in ("tensorrt", "cpu"):
-        acc = cal["accuracy"][form]
+    assert {t: v["file"] for t, v in cal["targets"].items()} == {
+        "tensorrt": "model.int8.onnx", "cpu": "model.int8.cpu.onnx"}
+    for target in ("tensorrt", "cpu"):
+        acc = cal["accuracy"][target]
         assert set(acc["auc_delta"]) == set(SYNTH_CLASSES)
         assert "mean_tiou@0.3_delta" in acc and acc["heatmap_agreement"]["mean_iou"] is not None
     assert b.path_for("int8", "tensorrt").name == "model.int8.onnx"
@@ -144,7 +146,7 @@ def test_engine_request_without_tensorrt_still_writes_bundle(ckpt, tmp_path, cap
 
 
 def test_fused_plugin_graph_is_an_extra_tensorrt_only_graph(ckpt, tmp_path):
-    pytest.importorskip("hamedge.ops.onnx_plugin")
+    pytest.importorskip("hamedge.kernels.onnx_plugin")
     import onnx
 
     out = tmp_path / "p.hamedge"

@@ -9,8 +9,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from hamedge.model.export import (ExportError, check_parity, export_onnx, fold_grayscale,  # noqa: E402
-                                  run_onnx, torch_reference_outputs)
+from hamedge.compare import run_onnx  # noqa: E402
+from hamedge.export import check_parity  # noqa: E402
+from hamedge.model.graph import (ExportError, export_onnx, fold_grayscale,  # noqa: E402
+                                 torch_reference_outputs)
 from hamedge.model.network import HAM  # noqa: E402
 from hamedge.spec import ModelSpec  # noqa: E402
 

@@ -167,7 +167,7 @@ def test_real_tensorrt_build(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
     torch = pytest.importorskip("torch")
     from hamedge.model.checkpoint import save_checkpoint
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
     from hamedge.model.network import HAM
     from hamedge.runtime.tensorrt import gpu_info
 

@@ -165,11 +165,45 @@ def test_convert_reference_writes_a_verified_checkpoint(model, ref_dir, tmp_path
         ref.convert_reference(ref_dir / "dp.pth", SPEC, out)
 
 
-def test_load_any_accepts_both_formats(model, ref_dir, tmp_path):
-    with pytest.raises(CheckpointError, match="give its model spec"):
-        ck.load_any(ref_dir / "single.pth")
-    a = ck.load_any(ref_dir / "single.pth", SPEC)
+def test_load_reference_model_with_its_spec(model, ref_dir):
+    a = ref.load_reference_model(ref_dir / "single.pth", SPEC)
     assert torch.equal(a.conv1.weight, model.conv1.weight)
+    with pytest.raises(CheckpointError, match="expects a resnet50"):
+        ref.load_reference_model(ref_dir / "single.pth", SPEC.replace(arch="resnet50"))
+
+
+def test_conversion_is_verified_and_a_failing_file_removed(model, ref_dir, tmp_path, monkeypatch):
+    from hamedge.model import checkpoint as ckpt_module
+
+    out = tmp_path / "m.safetensors"
+    real_save = ckpt_module.save_checkpoint
+
+    def corrupting_save(state, spec, path, **kw):  # a writer that changes one tensor
+        state = dict(state)
+        state["conv1.weight"] = state["conv1.weight"] + 1e-3
+        return real_save(state, spec, path, **kw)
+
+    monkeypatch.setattr(ref, "save_checkpoint", corrupting_save)
+    with pytest.raises(CheckpointError, match="tensor conv1.weight changed in conversion"):
+        ref.convert_reference(ref_dir / "dp.pth", SPEC, out)
+    assert not out.exists()
+    ref.convert_reference(ref_dir / "dp.pth", SPEC, out, verify=False)  # the check is what caught it
+    assert out.exists()
+
+
+def test_checkpoint_info_describes_and_verifies(model, ref_dir, tmp_path):
+    out = ref.convert_reference(ref_dir / "dp.pth", SPEC, tmp_path / "m.safetensors", half=True)
+    info = ck.checkpoint_info(out)
+    assert info.spec == SPEC and info.arch == "resnet18" and info.dtypes == ("F16", "F32", "I64")
+    assert info.file_sha256 == ck.checkpoint_sha256(out) and len(info.weights_sha256) == 64
+    assert info.tensors == len(model.state_dict()) and info.size_bytes == out.stat().st_size
+    assert info.parameters == sum(p.numel() for p in model.parameters())
+    assert info.metadata["source_file"] == "dp.pth"
+    data = bytearray(out.read_bytes())
+    data[-10] ^= 0xFF  # flip a weight byte: the hash check must refuse it
+    out.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="weights hash mismatch"):
+        ck.checkpoint_info(out)
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -73,3 +73,21 @@ def test_random_model_is_seeded_and_not_degenerate():
     a, b = random_model(spec, seed=3), random_model(spec, seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert float(a.bn1.running_var.min()) >= 0.5 and not a.training
+
+
+def test_graph_outputs_are_the_exported_graphs_three():
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
+    model = HAM(spec).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    probs, anomaly, maps = out.graph_outputs()
+    assert torch.equal(probs, torch.sigmoid(out.class_logits))
+    assert torch.equal(anomaly, torch.sigmoid(out.anomaly_logit))
+    assert maps.shape == (2, 3, 4, 4) and torch.equal(maps[:, :1], out.anomaly_cam)
+    refined = out.graph_outputs(refined=True)[2]
+    assert refined.shape == (2, 3, 64, 64) and torch.equal(refined[:, 1:], out.class_maps)
+    with torch.no_grad():
+        raw_only = model(torch.randn(1, 3, 64, 64), refine=False)
+    with pytest.raises(ValueError, match="refine=False"):
+        raw_only.graph_outputs(refined=True)

@@ -1,5 +1,5 @@
-"""hamedge.ops.refine: the numpy reference against an independent transcription of HAM.md's steps
-(torch F.interpolate), the exact upsampled extremes, and the fused path against the reference."""
+"""hamedge.ops.refine: the numpy reference against an independent transcription of HAM's
+refinement steps (torch F.interpolate), the exact upsampled extremes, and the fused path against the reference."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SIZES = [((16, 16), (256, 256)), ((16, 16), (511, 511)), ((16, 16), (512, 512)),
 
 
 def transcription(maps: np.ndarray, size, gain=100.0, center=0.4) -> np.ndarray:
-    """HAM.md's refinement step by step, in torch (independent of hamedge.ops)."""
+    """HAM's refinement step by step, in torch (independent of hamedge.ops)."""
     x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
@@ -198,8 +198,6 @@ def test_shapes_and_spec():
 
 def test_binary_masks_follow_refined_threshold():
     spec = ModelSpec(input_size=96)
-    assert R.binary_level(spec.cam_gain, spec.cam_center, spec.cam_threshold) == pytest.approx(
-        spec.cam_binary_level)
     rng = np.random.default_rng(8)
     maps = spiky(rng, (2, 15, 7, 7))
     masks = R.binary_masks(maps, None, spec)
@@ -210,7 +208,7 @@ def test_binary_masks_follow_refined_threshold():
     assert disagree.mean() < 1e-4
     assert np.all(np.abs(refined[disagree] - spec.cam_threshold) < 1e-6)
     assert masks.any() and not masks.all()
-    norm = R.normalised_maps(maps, 96)
+    norm = R._normalised_maps(maps, 96)
     assert norm.min() == 0.0 and abs(norm.max() - 1.0) < 1e-6
     # A zero-range map has no inside pixels.
     assert not R.binary_masks(np.zeros((1, 1, 4, 4), np.float32), 16, spec).any()

@@ -75,7 +75,7 @@ def test_binary_level_matches_sigmoid_threshold():
     level = spec.cam_binary_level
     value = 1.0 / (1.0 + math.exp(-spec.cam_gain * (level - spec.cam_center)))
     assert value == pytest.approx(spec.cam_threshold, abs=1e-9)
-    assert 0.46 < level < 0.48  # HAM.md: "about normalised >= 0.47"
+    assert 0.46 < level < 0.48  # the paper's "about normalised >= 0.47"
 
 
 def test_grayscale_foldable_only_with_equal_channel_normalisation():

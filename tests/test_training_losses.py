@@ -1,5 +1,5 @@
 """training.losses: each loss on hand-made tensors, and the total against a per-class loop written
-from the formulas in HAM.md (the shape of the reference's train())."""
+from the HAM paper's formulas (the shape of the reference code's train())."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hamedge.datasets import LabelledSet, Record
+from hamedge.datasets import LabelledSet, Record, rect_mask
 from hamedge.errors import DataError
 from hamedge.io import read_image
 from hamedge.preprocess import normalise, resize
@@ -24,13 +24,7 @@ MAX_RESIZE_PERCENT = 12  # reference resize_factor: up to +12 % before the rando
 
 def _mask_stack(record: Record, class_names, hw: tuple[int, int]) -> np.ndarray:
     """(K, H, W) uint8 union-of-boxes masks at the image's full resolution."""
-    h, w = hw
-    masks = np.zeros((len(class_names), h, w), np.uint8)
-    for k, name in enumerate(class_names):
-        for x, y, bw, bh in record.boxes.get(name, ()):
-            x0, y0 = max(int(x), 0), max(int(y), 0)
-            masks[k, y0:max(int(y + bh), 0), x0:max(int(x + bw), 0)] = 1
-    return masks
+    return np.stack([rect_mask(record.boxes.get(name, ()), hw) for name in class_names])
 
 
 def _resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The five HAM training losses, as the reference's train() computes them (HAM.md "Training losses").
+"""The five HAM training losses, as the HAM reference code's train() computes them.
 
 Inputs are one batch's network outputs (hamedge.model.network.HAMOutput, refined class maps
 included) and the batch from training.data.HAMDataset: labels (B, K), masks (B, K, S, S) box masks,

@@ -129,9 +129,7 @@ def torch_predict_fn(model: torch.nn.Module):
     def predict(batch: np.ndarray):
         with torch.no_grad():
             out = model(torch.from_numpy(np.ascontiguousarray(batch)), refine=False)
-        maps = torch.cat((out.anomaly_cam, out.class_cams), dim=1)
-        return (torch.sigmoid(out.class_logits).numpy(), torch.sigmoid(out.anomaly_logit).numpy(),
-                maps.numpy())
+        return tuple(t.numpy() for t in out.graph_outputs())
     return predict
 
 

@@ -97,7 +97,7 @@ def export_checkpoint(ckpt: Path, target: Path, log: Log):
     """Export as `hamedge export --int8` does (calibrated, guarded). If INT8 cannot hold the
     budget, export it anyway without the guard: the bench measures it and marks the breach."""
     from hamedge.calibration import Int8BudgetError
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
 
     try:
         return export_bundle(ckpt, ExportOptions(out=target, force=True, int8=True), log=log)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -237,6 +238,40 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     return model_from_state_dict(spec, state, source=str(path), device=device)
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is, as `hamedge inspect` shows it; built by checkpoint_info, which
+    verifies the weights hash on the way."""
+
+    path: Path
+    spec: ModelSpec
+    metadata: dict[str, str]  # the caller's keys (not hamedge.*)
+    file_sha256: str
+    weights_sha256: str  # stored, and equal to the recomputed one
+    tensors: int
+    dtypes: tuple[str, ...]  # as stored (safetensors names)
+    parameters: int  # learned floating-point values (BatchNorm statistics excluded)
+    size_bytes: int
+    arch: str | None  # what the weights themselves say (infer_architecture)
+
+
+def checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read and verify a checkpoint and describe it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    spec, state, meta = load_checkpoint(path)  # verifies the weights hash
+    with safe_open(str(path), framework="pt") as handle:
+        stored_hash = handle.metadata()[META_SHA]
+        dtypes = tuple(sorted({str(handle.get_slice(k).get_dtype()) for k in handle.keys()}))
+    params = sum(v.numel() for k, v in state.items() if v.is_floating_point()
+                 and not k.endswith(("running_mean", "running_var")))
+    return CheckpointInfo(path=path, spec=spec, metadata=meta, file_sha256=checkpoint_sha256(path),
+                          weights_sha256=stored_hash, tensors=len(state), dtypes=dtypes,
+                          parameters=params, size_bytes=path.stat().st_size,
+                          arch=infer_architecture(state)["arch"])
+
+
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """sha256 of the whole file (provenance: which checkpoint a bundle was exported from)."""
     path = Path(path)
@@ -256,19 +291,3 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     return path
-
-
-def load_any(path: str | os.PathLike | None, spec: ModelSpec | None = None, *,
-             device: str | torch.device = "cpu"):
-    """A HAM from our .safetensors (spec from its metadata; ``spec`` if given must match it) or
-    from a reference .pth/.pt (``spec`` required: strides and dilation are not in the weights).
-    None means the packaged demo model."""
-    path = resolve_checkpoint(path)
-    if path.suffix.lower() in (".pth", ".pt", ".pkl", ".tar"):
-        from hamedge.model.reference import load_reference_model
-
-        if spec is None:
-            raise CheckpointError(f"{path.name} is a reference checkpoint: give its model spec "
-                                  f"(e.g. the reference YAML config) to load it")
-        return load_reference_model(path, spec, device=device)
-    return load_model(path, device=device, expect=spec)

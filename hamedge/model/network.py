@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamedge.ops.torch_refine import refine_maps_torch
+from hamedge.kernels.torch_refine import refine_maps_torch
 from hamedge.spec import ARCHITECTURES, ModelSpec
 
 
@@ -124,6 +124,19 @@ class HAMOutput(NamedTuple):
     class_maps: torch.Tensor | None  # (B, K, H, W) refined, None when refine=False
     anomaly_cam: torch.Tensor  # (B, 1, h, w) raw: ReLU of the anomaly weights applied to F
     class_cams: torch.Tensor  # (B, K, h, w) raw
+
+    def graph_outputs(self, refined: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exported graph's three outputs in torch: class_probs (B, K), anomaly_prob (B, 1)
+        and attention_maps, anomaly first: the raw CAMs (B, 1+K, h, w), or with ``refined`` the
+        refined maps (B, 1+K, H, W) of a forward run with refine=True."""
+        if refined:
+            if self.anomaly_map is None or self.class_maps is None:
+                raise ValueError("refined maps asked for, but the forward ran with refine=False")
+            maps = torch.cat((self.anomaly_map, self.class_maps), dim=1)
+        else:
+            maps = torch.cat((self.anomaly_cam, self.class_cams), dim=1)
+        return torch.sigmoid(self.class_logits), torch.sigmoid(self.anomaly_logit), maps
 
 
 def lse_pool(features: torch.Tensor, r: float) -> torch.Tensor:

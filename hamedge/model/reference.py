@@ -189,9 +189,10 @@ def spec_from_reference_config(yaml_path: str | os.PathLike | None = None,
 # -- conversion ---------------------------------------------------------------------------------
 def convert_reference(pth_path: str | os.PathLike, spec: ModelSpec, out: str | os.PathLike, *,
                       force: bool = False, half: bool = False,
-                      metadata: dict[str, str] | None = None) -> Path:
+                      metadata: dict[str, str] | None = None, verify: bool = True) -> Path:
     """Convert a reference .pth into a hamedge checkpoint. Every tensor of the .pth must be used
-    (strict keys and shapes). Refuses to overwrite ``out`` unless force."""
+    (strict keys and shapes). Refuses to overwrite ``out`` unless force. ``verify``: read the
+    written file back (see verify_conversion); a checkpoint that fails is removed."""
     from hamedge.fsutil import sha256_file
 
     out = Path(out)
@@ -203,4 +204,36 @@ def convert_reference(pth_path: str | os.PathLike, spec: ModelSpec, out: str | o
     meta = {"source": "HAM reference checkpoint", "source_file": Path(pth_path).name,
             "source_sha256": sha256_file(pth_path)}
     meta.update(metadata or {})
-    return save_checkpoint(state, spec, out, half=half, metadata=meta)
+    path = save_checkpoint(state, spec, out, half=half, metadata=meta)
+    if verify:
+        try:
+            verify_conversion(state, path, half=half)
+        except CheckpointError:
+            path.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def verify_conversion(source: Mapping[str, torch.Tensor], out: str | os.PathLike, *,
+                      half: bool = False) -> None:
+    """Check a converted checkpoint against the tensors it came from: the same names, every
+    tensor unchanged (up to float16 rounding with ``half``), and the model loads and gives finite
+    outputs on a probe input. Raises CheckpointError (one line)."""
+    from hamedge.model.checkpoint import load_checkpoint, load_model
+
+    out = Path(out)
+    spec, state, _ = load_checkpoint(out)
+    if set(source) != set(state):
+        raise CheckpointError(f"{out.name}: keys differ from the reference checkpoint's")
+    tolerance = 1e-3 if half else 0.0
+    for name, value in source.items():
+        value = value.float() if value.is_floating_point() else value
+        diff = (state[name].to(value.dtype) - value).abs().max() if value.numel() else 0
+        if float(diff) > tolerance * max(1.0, float(value.abs().max()) if value.numel() else 0.0):
+            raise CheckpointError(f"{out.name}: tensor {name} changed in conversion")
+    model = load_model(out)
+    with torch.no_grad():
+        probe = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size)
+        result = model(probe, refine=False)
+    if not all(torch.isfinite(t).all() for t in (result.anomaly_logit, result.class_logits)):
+        raise CheckpointError(f"{out.name}: the imported model gives non-finite outputs")

@@ -1,6 +1,7 @@
 """The heatmap math, once: HAM's attention refinement in numpy (no torch here; the slim runtime uses it).
 
-HAM refines a raw attention map (B, K, h, w) into a heatmap (B, K, H, W) in four steps (HAM.md):
+HAM refines a raw attention map (B, K, h, w) into a heatmap (B, K, H, W) in four steps (the HAM paper and
+its reference code):
 bilinear upsampling with align_corners=True, min-max normalisation over the *upsampled* map (a zero
 range becomes ``zero_range``), then ``sigmoid(gain * (x - center))``.
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "axis_weights", "axis_candidates", "refine_reference", "upsampled_extrema", "refine",
-    "refine_spec", "normalised_maps", "binary_masks", "binary_level", "OUT_DTYPES",
+    "refine_spec", "binary_masks", "OUT_DTYPES",
 ]
 
 OUT_DTYPES = (np.float32, np.float16, np.uint8)
@@ -281,7 +282,7 @@ def refine_spec(maps: np.ndarray, spec: "ModelSpec", size=None, out_dtype=np.flo
 
 
 # -- binary masks: threshold the normalised map, no sigmoid -------------------------------------
-def normalised_maps(maps: np.ndarray, size, zero_range: float = 1e-5) -> np.ndarray:
+def _normalised_maps(maps: np.ndarray, size, zero_range: float = 1e-5) -> np.ndarray:
     """Min-max normalised upsampled maps (B, K, H, W) float32 (in [0, 1]; 0 for zero-range maps)."""
     flat, lead = _as_maps(maps)
     height, width = _size(size)
@@ -293,21 +294,17 @@ def normalised_maps(maps: np.ndarray, size, zero_range: float = 1e-5) -> np.ndar
     return up.reshape(*lead, height, width)
 
 
-def binary_level(gain: float, center: float, threshold: float) -> float:
-    """Normalised level where sigmoid(gain*(x - center)) crosses ``threshold``."""
-    return center + math.log(threshold / (1.0 - threshold)) / gain
-
-
 def binary_masks(maps: np.ndarray, size, spec: "ModelSpec", threshold: float | None = None
                  ) -> np.ndarray:
     """Boolean (B, K, H, W): refined >= threshold (default spec.cam_threshold), decided on the
-    normalised map: refined >= t  <=>  normalised >= center + logit(t)/gain.
+    normalised map: refined >= t  <=>  normalised >= center + logit(t)/gain
+    (ModelSpec.cam_binary_level).
 
     This is the exact mathematical comparison. A float32 sigmoid can differ only for pixels whose
     normalised value lies within a few float32 ulps of the level (and, for thresholds so close to 1
     that float32 rounds the sigmoid to 1.0 early, the float32 refined map would wrongly include
     more pixels); metrics and boxes use this function so every caller decides the same way.
     """
-    t = spec.cam_threshold if threshold is None else threshold
-    level = binary_level(spec.cam_gain, spec.cam_center, t)
-    return normalised_maps(maps, spec.input_size if size is None else size) >= np.float32(level)
+    if threshold is not None:
+        spec = spec.replace(cam_threshold=threshold)
+    return _normalised_maps(maps, spec.input_size if size is None else size) >= np.float32(spec.cam_binary_level)

@@ -59,9 +59,9 @@ class TorchBackend(Backend):
         """Refined heatmaps on the device: the fused custom op when present, else plain torch ops."""
         spec = self.spec
         try:
-            from hamedge.ops.torch_op import refine_torch  # the fused custom op (CPU and CUDA)
+            from hamedge.kernels.torch_op import refine_torch  # the fused custom op (CPU and CUDA)
         except ImportError:
-            from hamedge.ops.torch_refine import refine_maps_torch as refine_torch
+            from hamedge.kernels.torch_refine import refine_maps_torch as refine_torch
         return refine_torch(cams, (size, size), spec.cam_gain, spec.cam_center)
 
     def _close(self) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hamedge.ops.refine import refine_reference
-from hamedge.ops.torch_op import refine_torch
-from hamedge.ops.torch_refine import refine_maps_torch
+from hamedge.kernels.torch_op import refine_torch
+from hamedge.kernels.torch_refine import refine_maps_torch
 
 
 def _maps(shape, seed=0):

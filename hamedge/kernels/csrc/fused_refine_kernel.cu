@@ -1,5 +1,5 @@
 // CUDA kernels of the fused attention refinement (see fused_refine_kernel.h and
-// hamedge/ops/refine.py for the math; hamedge/ops/triton_refine.py is the same algorithm).
+// hamedge/ops/refine.py for the math; hamedge/kernels/triton_refine.py is the same algorithm).
 //
 // 1. extrema kernel, one block per map: the upsampled map's exact min/max. Inside a grid cell
 //    bilinear interpolation is linear along each axis, so the extremes over the cell's samples

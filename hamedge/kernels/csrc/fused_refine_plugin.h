@@ -1,6 +1,6 @@
 // TensorRT IPluginV3 for hamedge's fused attention refinement (TensorRT 10.x, e.g. JetPack 6's
 // 10.3, for targets without Python-defined plugins). Plugin "FusedRefine", version "1",
-// namespace "hamedge": the ONNX node hamedge.ops.onnx_plugin writes maps to it.
+// namespace "hamedge": the ONNX node hamedge.kernels.onnx_plugin writes maps to it.
 // Input: raw maps (B, K, h, w) fp32 or fp16, dynamic B. Output: refined maps (B, K, H, W), same
 // type as the input. Fields: H, W (int32), gain, center (float32), zero_range (float32, optional).
 #pragma once

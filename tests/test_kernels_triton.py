@@ -23,7 +23,7 @@ import json, os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 import numpy as np, torch
 from hamedge.ops.refine import refine_reference
-from hamedge.ops.triton_refine import triton_refine
+from hamedge.kernels.triton_refine import triton_refine
 
 rng = np.random.default_rng(0)
 cases = [(1, 15, 16, 16, 64, 64), (2, 3, 7, 7, 100, 100), (3, 2, 5, 9, 33, 70),
@@ -89,7 +89,7 @@ def test_uint8_fp16_and_unbatched(results):
 
 
 def test_launch_config_bounds():
-    from hamedge.ops.triton_refine import BLOCK_H, launch_config
+    from hamedge.kernels.triton_refine import BLOCK_H, launch_config
 
     for n_maps, h, H in [(15, 16, 512), (480, 64, 512), (1, 1, 9), (32, 4, 20)]:
         consts, parts = launch_config(n_maps, h, h, H, H, 100.0, 0.4)

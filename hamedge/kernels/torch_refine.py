@@ -1,5 +1,5 @@
 """Attention refinement in plain torch ops: the differentiable form used in training and as the
-torch model's forward (HAM.md, "Refined maps"). Same math as hamedge.ops.refine (numpy), which is
+torch model's forward (HAM's refined maps). Same math as hamedge.ops.refine (numpy), which is
 the reference for every other implementation."""
 
 from __future__ import annotations

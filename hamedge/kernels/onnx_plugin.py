@@ -189,16 +189,3 @@ def add_fused_plugin_node(model: "onnx.ModelProto", cams_output_name: "str | Mod
     out.doc_string = ("TensorRT-only graph: node FusedRefine (domain hamedge) is the hamedge "
                       "TensorRT plugin; ONNX Runtime cannot run it (use model.onnx).")
     return out
-
-
-def fused_plugin_graph_or_reason(model: "onnx.ModelProto", spec: "ModelSpec"
-                                 ) -> tuple["onnx.ModelProto | None", str]:
-    """For the exporter: (plugin graph, "") when TensorRT can take it here, else (None, why).
-    Without TensorRT the plugin graph is still written when asked (it is for the target), and
-    the reason says the engine must be built where TensorRT is."""
-    from hamedge.ops.trt_plugin import plugin_available
-
-    ok, why = plugin_available()
-    graph = add_fused_plugin_node(model, spec)
-    return graph, ("" if ok else f"TensorRT plugin not usable here ({why}); "
-                   "the standard-op graph stays the default")

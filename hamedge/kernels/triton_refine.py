@@ -9,7 +9,7 @@ launcher keeps programs per map low enough that this stays a fraction of the out
 
 Shapes, gain and centre are compile-time constants (they are fixed per exported model), so the
 only runtime argument besides the pointers is the number of maps: this is what the TensorRT AOT
-plugin (hamedge.ops.trt_plugin) needs, since its extra kernel arguments can only be integers.
+plugin (hamedge.kernels.trt_plugin) needs, since its extra kernel arguments can only be integers.
 Kernel argument order is (inputs, integer extras, outputs), TensorRT's AOT convention.
 
 Tests run it on the CPU with TRITON_INTERPRET=1.

@@ -1,13 +1,13 @@
 """FusedRefine as a Python-defined TensorRT plugin (``tensorrt.plugin``, TensorRT >= 10.6).
 
 - ``@trtp.register("hamedge::FusedRefine")``: shape/type function (B, K, h, w) -> (B, K, H, W).
-- ``@trtp.aot_impl`` (TensorRT >= 10.9): the Triton kernel (hamedge.ops.triton_refine) compiled
+- ``@trtp.aot_impl`` (TensorRT >= 10.9): the Triton kernel (hamedge.kernels.triton_refine) compiled
   to PTX for the builder's GPU; the engine then runs without Python (trtexec can run it).
 - ``@trtp.impl``: JIT fallback that launches the same Triton kernel through torch at run time.
 
 Everything is imported lazily: importing this module needs neither TensorRT nor Triton.
 ``register()`` defines the plugin once, in the process that builds or runs the engine. Do not
-also load the C++ plugin library (hamedge/ops/csrc) there: both claim hamedge::FusedRefine v1.
+also load the C++ plugin library (hamedge/kernels/csrc) there: both claim hamedge::FusedRefine v1.
 
 Note on the AOT path: Triton >= 3.3 appends scratch-buffer pointer parameters to every kernel;
 the kernel here needs no scratch memory, so they are never read, but TensorRT passes only
@@ -73,7 +73,7 @@ def compile_ptx(h: int, w: int, H: int, W: int, gain: float, center: float, n_ma
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from hamedge.ops.triton_refine import NUM_WARPS, fused_refine_kernel, launch_config
+    from hamedge.kernels.triton_refine import NUM_WARPS, fused_refine_kernel, launch_config
 
     kind = {"fp32": "float32", "fp16": "float16"}[out_dtype]
     consts, parts = launch_config(n_maps_hint, h, w, H, W, gain, center, out_kind=kind)
@@ -148,7 +148,7 @@ def _define() -> None:  # pragma: no cover - needs TensorRT
                          zero_range: float, outputs: tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
-        from hamedge.ops.triton_refine import triton_refine
+        from hamedge.kernels.triton_refine import triton_refine
 
         x = torch.as_tensor(cams, device="cuda")
         y = torch.as_tensor(outputs[0], device="cuda")

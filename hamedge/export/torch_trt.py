@@ -20,7 +20,7 @@ def compile_to_bundle(bundle, model: Any, min_batch: int = 1, opt_batch: int = 4
         raise BackendUnavailable("torch-tensorrt is not installed") from None
     if not torch.cuda.is_available():
         raise BackendUnavailable("no CUDA GPU for torch-tensorrt")
-    from hamedge.model.export import ExportWrapper, fold_grayscale
+    from hamedge.model.graph import ExportWrapper, fold_grayscale
     from hamedge.runtime.tensorrt import gpu_info
 
     graph = bundle.graph

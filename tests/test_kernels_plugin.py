@@ -13,10 +13,10 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 
 from hamedge.errors import BackendUnavailable  # noqa: E402
-from hamedge.ops import trt_plugin  # noqa: E402
-from hamedge.ops.export_graph import fused_refine_for_export  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
-from hamedge.ops.onnx_plugin import (PLUGIN_NAME, PLUGIN_NAMESPACE,  # noqa: E402
+from hamedge.kernels import trt_plugin  # noqa: E402
+from hamedge.kernels.export_graph import fused_refine_for_export  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.onnx_plugin import (PLUGIN_NAME, PLUGIN_NAMESPACE,  # noqa: E402
                                      add_fused_plugin_node)
 from hamedge.spec import ModelSpec  # noqa: E402
 

@@ -1,11 +1,11 @@
 """``torch.ops.hamedge.fused_refine``: the fused refinement as a torch custom op.
 
 - CPU: the numpy fused path (hamedge.ops.refine.refine, tested against the reference).
-- CUDA: the Triton kernel (hamedge.ops.triton_refine), imported on first use.
+- CUDA: the Triton kernel (hamedge.kernels.triton_refine), imported on first use.
 - Fake (meta) implementation for tracing / torch.compile / export.
 
 Inference only: no autograd formula is registered (training uses the differentiable torch chain
-in hamedge.ops.torch_refine); calling it on a tensor that requires grad gives an output without
+in hamedge.kernels.torch_refine); calling it on a tensor that requires grad gives an output without
 a gradient history.
 """
 
@@ -34,7 +34,7 @@ def fused_refine(maps: torch.Tensor, H: int, W: int, gain: float, center: float,
 @fused_refine.register_kernel("cuda")
 def _fused_refine_cuda(maps: torch.Tensor, H: int, W: int, gain: float, center: float,
                        out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    from hamedge.ops.triton_refine import triton_refine
+    from hamedge.kernels.triton_refine import triton_refine
 
     dtype = _check(maps, out_dtype)
     return triton_refine(maps, H, W, gain, center, dtype)

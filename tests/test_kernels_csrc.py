@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-CSRC = Path(__file__).resolve().parents[1] / "hamedge" / "ops" / "csrc"
+CSRC = Path(__file__).resolve().parents[1] / "hamedge" / "kernels" / "csrc"
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc"
                                 if Path("/usr/local/cuda/bin/nvcc").exists() else None)
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) not found")
@@ -79,7 +79,7 @@ def test_sources_present_and_consistent():
     cpp = (CSRC / "fused_refine_plugin.cpp").read_text()
     for token in ('"FusedRefine"', '"hamedge"', '"H"', '"W"', '"gain"', '"center"', "getCreators"):
         assert token in cpp
-    from hamedge.ops.onnx_plugin import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from hamedge.kernels.onnx_plugin import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
     assert (PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION) == ("FusedRefine", "hamedge", "1")
     assert (CSRC / "CMakeLists.txt").read_text().count("fused_refine_kernel.cu") == 1

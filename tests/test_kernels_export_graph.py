@@ -11,9 +11,9 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from hamedge.ops.export_graph import fused_refine_for_export  # noqa: E402
+from hamedge.kernels.export_graph import fused_refine_for_export  # noqa: E402
 from hamedge.ops.refine import refine_reference  # noqa: E402
-from hamedge.ops.torch_refine import refine_maps_torch  # noqa: E402
+from hamedge.kernels.torch_refine import refine_maps_torch  # noqa: E402
 
 
 class _Refine(torch.nn.Module):
