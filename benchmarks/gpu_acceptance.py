@@ -8,7 +8,7 @@ the others; a time budget skips what would not fit):
   triton         the Triton refinement kernel vs float64 and vs the numpy reference
                  (hamedge.ops.refine.refine_reference), fp32/fp16/uint8 outputs, timed against
                  the unfused torch chain, the torch custom op and its output-write floor
-  cuda_kernel    the CUDA kernel (hamedge/ops/csrc/fused_refine_kernel.cu, built by the shell
+  cuda_kernel    the CUDA kernel (hamedge/kernels/csrc/fused_refine_kernel.cu, built by the shell
                  script as a shared library) likewise, and the stand-alone harness's verdict
   torch          the torch backend (hamedge.runtime) fp32 and fp16 on CUDA: parity with a float64
                  CPU forward of the same weights, throughput model-only (CUDA events) and end to
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from hamedge.fsutil import write_text  # noqa: E402
-from hamedge.model.export import PROB_TOL  # noqa: E402
+from hamedge.compare import PROB_TOL  # noqa: E402
 
 # Float64-reference tolerances (max absolute difference) of the refined heatmaps in (0, 1):
 # fp32 arithmetic, amplified by the sigmoid's gain (100) near the centre, stays far under 1e-3;
@@ -206,9 +206,9 @@ def section_ceilings(args, dev, clock) -> dict:
 
 def section_triton(args, dev, clock, ceilings, budget) -> dict:
     from hamedge.ops.refine import refine_reference
-    from hamedge.ops.torch_op import refine_torch
-    from hamedge.ops.torch_refine import refine_maps_torch
-    from hamedge.ops.triton_refine import triton_refine
+    from hamedge.kernels.torch_op import refine_torch
+    from hamedge.kernels.torch_refine import refine_maps_torch
+    from hamedge.kernels.triton_refine import triton_refine
 
     rng = np.random.default_rng(int(time.time()))  # fresh inputs every run
     if args.dry_run:
@@ -367,7 +367,7 @@ def _cuda_kernel_checks(lib_path: str, dev, clock, ceilings, budget) -> dict:
 
 def _export_default(work: Path):
     from hamedge.bundle import Bundle
-    from hamedge.model.export import ExportOptions, export_bundle
+    from hamedge.export import ExportOptions, export_bundle
 
     target = work / "default.hamedge"
     export_bundle(None, ExportOptions(out=target, force=True, parity_images=2,

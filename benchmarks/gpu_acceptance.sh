@@ -7,13 +7,13 @@
 #   HAMEDGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_acceptance.sh     (on the GPU machine)
 #   benchmarks/gpu_acceptance.sh --dry-run     (here, on the CPU: the same logic on tiny sizes)
 #
-# Steps: nvidia-smi; the CUDA kernel harness (hamedge/ops/csrc/fused_refine_test.cu) and the kernel
+# Steps: nvidia-smi; the CUDA kernel harness (hamedge/kernels/csrc/fused_refine_test.cu) and the kernel
 # as a shared library, built with nvcc where it exists, in the background while
 # benchmarks/gpu_acceptance.py runs (see its docstring for the sections and the method).
 # Time: the builds are capped at 150 s, the driver at 330 s (its own budget) and 360 s.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CSRC=$ROOT/hamedge/ops/csrc
+CSRC=$ROOT/hamedge/kernels/csrc
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-$ROOT/out/gpu_acceptance}

@@ -20,10 +20,8 @@ Writes benchmarks/results/infer_bound_cpu.{md,json} (machine from lscpu, date, c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS, ROOT, record_line, run_record
 
-from hamedge.fsutil import write_text  # noqa: E402
+from hamedge.fsutil import write_text
 
 XRAYS = ROOT.parent / "shared" / "data" / "nih-samples" / "images"
 
@@ -158,22 +155,6 @@ def reduced_difference(bundle, files: list[Path]) -> dict:
             "max_input_diff": float(np.abs(full - small).max()), "findings_changed": findings_changed}
 
 
-def machine() -> dict:
-    def run(*cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        except OSError:
-            return ""
-
-    model = next((line.split(":", 1)[1].strip() for line in run("lscpu").splitlines()
-                  if line.startswith("Model name")), "?")
-    from hamedge.pipeline.run import usable_cores
-
-    return {"cpu": model, "usable_cores": usable_cores(), "commit": run("git", "rev-parse", "--short", "HEAD"),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "load_before": os.getloadavg()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=48)
@@ -182,8 +163,10 @@ def main() -> None:
     args = ap.parse_args()
     from hamedge.api import resolve_bundle
 
-    info = machine()
-    cores = info["usable_cores"]
+    from hamedge.pipeline.run import usable_cores
+
+    info = run_record()
+    cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="hamedge-bound-") as tmp:
         work = Path(tmp)
         bundle = resolve_bundle(None)
@@ -214,7 +197,7 @@ def main() -> None:
                     runs.setdefault(f"{case} | {name}", []).append(res)
                     print(f"{case} | {name}: {json.dumps(res)}", flush=True)
         diff = reduced_difference(bundle, files["jpeg"])
-    info["load_after"] = os.getloadavg()
+    info["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     rows = []
     for key, values in runs.items():
         case, name = key.split(" | ")
@@ -226,13 +209,9 @@ def main() -> None:
     result = {"machine": info, "images": args.images, "batch": args.batch, "stages": stages,
               "per_image_core_ms": per_image, "bound_images_per_s": bound, "runs": rows,
               "reduced_decode": diff}
-    out = ROOT / "benchmarks" / "results"
-    write_text(out / "infer_bound_cpu.json", json.dumps(result, indent=1) + "\n")
+    write_text(RESULTS / "infer_bound_cpu.json", json.dumps(result, indent=1) + "\n")
     lines = [f"# hamedge infer: where the time goes, and the bound ({info['date']})", "",
-             f"- machine: {info['cpu']}, {cores} usable cores; commit {info['commit']}; load average "
-             f"{info['load_before'][0]:.1f} before, {info['load_after'][0]:.1f} after "
-             "(a shared machine, busy with other work: absolute numbers are low and noisy, "
-             "the ratios in one run are what to read)",
+             f"- measured {record_line(info)} Load average after: {info['load_average_1min_after']}.",
              f"- default model, ONNX Runtime fp32, batch {args.batch}, {args.images} 1024 px X-rays "
              "(the real NIH images, shifted) per folder", "",
              "Core-ms per image (one thread, process CPU time):", "",
@@ -255,7 +234,7 @@ def main() -> None:
               f"{diff['max_prob_diff']:.2g} (mean {diff['mean_prob_diff']:.2g}), findings changed "
               f"{diff['findings_changed']}, max network-input difference {diff['max_input_diff']:.3g} "
               "(inputs are normalised, roughly unit scale)."]
-    write_text(out / "infer_bound_cpu.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / "infer_bound_cpu.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -34,6 +34,8 @@ from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
 from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, ResultsStore
+# the cores this process may use: also what ONNX Runtime's intra-op threads default to
+from hamedge.runtime.onnxruntime import cpu_count as usable_cores
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -69,13 +71,6 @@ class InferOptions:
 # A reduced JPEG decode keeps both sides at least this many times the model's input, so the
 # (antialiased) resize to the input still averages several decoded pixels per input pixel.
 REDUCED_DECODE_FACTOR = 2
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

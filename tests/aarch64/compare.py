@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hamedge.model.export import PROB_TOL, RAW_MAP_RTOL
+from hamedge.compare import PROB_TOL, RAW_MAP_RTOL
 
 INT8_SHARE = 0.25
 FILE_ROUNDING = 1e-6
@@ -59,6 +59,10 @@ def compare_probes(host: dict, arm: dict, failures: list[str]) -> dict:
         a = arm["images"].get(path)
         if a is None:
             continue
+        if "error" in h or "error" in a:
+            if h.get("error") != a.get("error"):
+                failures.append(f"{path}: host {h.get('error', 'decoded')}, arm64 {a.get('error', 'decoded')}")
+            continue
         for key in ("decoded_sha256", "input_sha256"):
             if h[key] != a[key]:
                 failures.append(f"{path}: {key} differs ({h['decoded']} on the host, {a['decoded']} on arm64)")
@@ -66,7 +70,7 @@ def compare_probes(host: dict, arm: dict, failures: list[str]) -> dict:
             prob, map_rel = _diffs(h[precision], a[precision]).values()
             s = summary[precision]
             s["prob"], s["map_rel"] = max(s["prob"], prob), max(s["map_rel"], map_rel)
-        cost = _diffs(h["fp32"], h["int8"])
+        cost = _diffs(h["fp32"], h["int8"])  # INT8 vs fp32 on the host
         int8_cost = {k: max(int8_cost[k], cost[k]) for k in int8_cost}
     summary["int8_vs_fp32_on_host"] = int8_cost
     tolerances = {"fp32": (PROB_TOL, RAW_MAP_RTOL),

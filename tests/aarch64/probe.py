@@ -41,7 +41,12 @@ def machine_info() -> dict:
 
 def main(bundle: str, images: list[str]) -> None:
     result = {"info": machine_info(), "images": {}}
-    decoded = {path: read_image(path) for path in images}
+    decoded = {}
+    for path in images:
+        try:
+            decoded[path] = read_image(path)
+        except Exception as exc:  # e.g. a DICOM syntax without a decoder: compared as an error
+            result["images"][path] = {"error": f"{type(exc).__name__}: {exc}"}
     for precision in ("fp32", "int8"):
         with hamedge.load(bundle, backend="onnxruntime", precision=precision) as model:
             for path, image in decoded.items():

@@ -99,6 +99,11 @@ for image in "$XRAYS"/*; do
     cp "$image" "$WORK/inputs/"
     probe_images+=("$WORK/inputs/$(basename "$image")")
 done
+# Compressed DICOM copies of the first X-ray, in every lossless syntax the host can encode
+"$HOST_PY" "$ROOT/tests/aarch64/make_dicom.py" "${probe_images[0]}" "$WORK/inputs" | tee "$WORK/dicom.txt"
+for dcm in "$WORK"/inputs/*.dcm; do
+    [ -e "$dcm" ] && probe_images+=("$dcm")
+done
 : > "$WORK/inputs/broken.png"  # an unreadable file must give the same error row on both
 "$HOST_PY" "$ROOT/tests/aarch64/probe.py" "$WORK/bundle" "${probe_images[@]}" > "$WORK/host/probe.json"
 for precision in fp32 int8; do
