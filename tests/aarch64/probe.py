@@ -55,6 +55,7 @@ def main(bundle: str, images: list[str]) -> None:
                 entry["decoded_sha256"] = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
                 entry["decoded"] = f"{image.dtype} {image.shape}"
                 entry["input_sha256"] = hashlib.sha256(x.tobytes()).hexdigest()
+                entry["input"] = x.ravel().tolist()  # float32 values exactly, for the difference
                 pred = model.predict(path)
                 entry[precision] = {"probabilities": [float(pred.probabilities[c]) for c in model.class_names],
                                     "anomaly": float(pred.anomaly),
