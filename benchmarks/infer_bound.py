@@ -35,7 +35,7 @@ from hamedge.fsutil import write_text
 
 NOTES = """Reading: the overlays (3-4 colour PNGs of 1024 px per image) are most of a default run's
 work, so heatmap writers run one thread per core (one writer thread capped a default run at about
-half the bound on 2 cores). Readers also run one per core. ONNX Runtime's idle intra-op threads
+60% of the bound on 2 cores). Readers also run one per core. ONNX Runtime's idle intra-op threads
 spin by default and take CPU the readers and writers need: CPU per image over the stages' sum
 falls from about 1.4 to 1.2 with spinning off (`hamedge infer` turns it off). On a busy shared
 machine the process gets well under its usable cores (busy cores column), so images/s over the
