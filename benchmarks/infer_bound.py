@@ -132,7 +132,8 @@ def end_to_end(bundle, files: list[Path], work: Path, batch: int, heatmaps: str,
     from hamedge.pipeline import InferOptions, model_id, run_inference
     from hamedge.runtime import open_backend
 
-    with open_backend(bundle, "onnxruntime", "fp32", "cpu", spinning=config["spinning"]) as backend:
+    use = "latency" if config["spinning"] else "throughput"  # ONNX Runtime spins for latency only
+    with open_backend(bundle, "onnxruntime", "fp32", "cpu", use=use) as backend:
         options = InferOptions(batch=batch, workers=config["workers"], writers=config["writers"],
                                heatmaps=heatmaps, overwrite=True, reduced_decode=reduced)
         cpu, wall = time.process_time(), time.perf_counter()

@@ -205,6 +205,9 @@ def main() -> None:
     measured, dirs = {}, {}
     stop = ["--seconds", str(args.seconds)] if args.seconds else []
     threads = ["--threads", str(args.threads)] if args.threads else []
+    # the NIH samples beside the checkout, when present, are the end-to-end inputs and overlays
+    nih = ROOT.parent / "shared" / "data" / "nih-samples" / "images"
+    threads += ["--samples", str(nih)] if nih.is_dir() else []  # passed with every run
     if args.only in (None, "default"):
         out = RESULTS / f"bench_default_{tag}"
         model, name = default_model(args.work)

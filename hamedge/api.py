@@ -28,11 +28,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "default_model
 
 
 def cache_dir() -> Path:
-    """Where bundles built from checkpoints are kept: $HAMEDGE_CACHE, else the user cache dir."""
-    if os.environ.get("HAMEDGE_CACHE"):
-        return Path(os.environ["HAMEDGE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hamedge"
+    """Where bundles built from checkpoints are kept (hamedge.cache's root)."""
+    from hamedge.cache import cache_root
+
+    return cache_root()
 
 
 def _sha256(path: Path) -> str:
@@ -41,8 +40,9 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _build_bundle(checkpoint: Path, target: Path) -> None:
-    """Export a checkpoint into a bundle at ``target`` (needs torch and onnx)."""
+def _build_bundle(checkpoint: Path, target: Path, int8: bool, int8_guard: bool, log) -> None:
+    """Export a checkpoint into a bundle at ``target`` (needs torch and onnx), as `hamedge export`
+    does; with ``int8`` also the calibrated INT8 graphs (guarded unless ``int8_guard`` is False)."""
     try:
         import torch  # noqa: F401
         import onnx  # noqa: F401
@@ -54,13 +54,23 @@ def _build_bundle(checkpoint: Path, target: Path) -> None:
 
     from hamedge.export import ExportOptions, export_bundle
 
-    print(f"exporting {checkpoint.name} to a bundle once (cached in {target})", file=sys.stderr)
-    export_bundle(checkpoint, ExportOptions(out=target, force=True), log=lambda *_: None)
+    what = "fp32 + INT8" if int8 else "fp32"
+    if log is None:
+        print(f"exporting {checkpoint.name} ({what}) to a bundle once (cached in {target})",
+              file=sys.stderr)
+    else:
+        log(f"exporting {checkpoint.name} ({what}) to {target} once; later runs reuse it")
+    export_bundle(checkpoint, ExportOptions(out=target, force=True, int8=int8, guard=int8_guard),
+                  log=log or (lambda *_: None))
 
 
-def resolve_bundle(model: str | os.PathLike | None = None):
+def resolve_bundle(model: str | os.PathLike | None = None, *, int8: bool = False,
+                   int8_guard: bool = True, cache: str | os.PathLike | None = None, log=None):
     """A verified Bundle from a bundle directory, a .safetensors checkpoint (exported once and
-    cached by its sha256) or None (the packaged demo model, likewise)."""
+    cached by its sha256) or None (the packaged demo model, likewise). ``int8``: the cached
+    export has the INT8 graphs too (``int8_guard`` False: exported even outside the accuracy
+    budget, for measuring it); ``cache``: another cache root than hamedge.cache's; ``log``: where
+    the one-time export reports (default: a line on stderr)."""
     from hamedge.bundle import Bundle
 
     if model is not None and Path(model).is_dir():
@@ -74,34 +84,56 @@ def resolve_bundle(model: str | os.PathLike | None = None):
     if checkpoint.suffix.lower() != ".safetensors":
         raise BundleError(f"{checkpoint} is neither a bundle folder nor a .safetensors checkpoint "
                           "(export reference .pth checkpoints with `hamedge export`)")
-    target = cache_dir() / "bundles" / _sha256(checkpoint)[:32]
-    if not (target / "checksums").is_file():
-        _build_bundle(checkpoint, target)
+    from hamedge.cache import cache_root
+
+    key = _sha256(checkpoint)[:32] + ("-int8" if int8 else "")
+    target = cache_root(cache) / "bundles" / key
+    if (target / "checksums").is_file():
+        try:
+            return Bundle.open(target)
+        except BundleError:
+            if log is not None:
+                log(f"cached bundle {target} is unusable; exporting again")
+    _build_bundle(checkpoint, target, int8, int8_guard, log)
     return Bundle.open(target)
 
 
 class Model:
     """An opened model: a bundle on a backend. Use ``predict``; close when done (or ``with``)."""
 
-    def __init__(self, bundle, backend) -> None:
+    def __init__(self, bundle, backend, gate=None) -> None:
+        from hamedge.gate import GateSettings
+        from hamedge.pipeline.run import usable_ood
+
         self.bundle = bundle
         self.backend = backend
         self.spec = backend.spec
+        self.gate = gate if gate is not None else GateSettings()
+        # scores inputs without DICOM tags (arrays, PNG/JPEG/TIFF) after the forward pass
+        self.ood = usable_ood(bundle, backend) if self.gate.enabled else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.spec.class_names
 
-    def _load(self, x: Any) -> tuple[np.ndarray, str | None]:
+    def _load(self, x: Any) -> tuple[np.ndarray, str | None, dict | None]:
+        """(image, path, gate verdict); the verdict of a file without tags is 'untagged'."""
+        from hamedge.gate import UNTAGGED, check_file, refuse
         from hamedge.io import read_image
 
         if isinstance(x, (str, os.PathLike)):
-            return read_image(x), os.fspath(x)
+            verdict = None
+            if self.gate.enabled:  # the same gate as `hamedge infer`, before any pixel is decoded
+                checked, _ = check_file(x, self.gate)
+                if checked.refused:
+                    raise refuse(x, checked.reason)
+                verdict = checked.to_dict()
+            return read_image(x), os.fspath(x), verdict
         if isinstance(x, np.ndarray):
             if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4)):
                 if x.dtype != np.uint8 and x.dtype.kind != "f":
                     raise DataError(f"arrays must be uint8 or float in [0, 1], not {x.dtype}")
-                return x, None
+                return x, None, {"verdict": UNTAGGED} if self.gate.enabled else None
             raise DataError(f"an image array must be 2-D or HxWx3, not {x.shape}")
         raise DataError(f"cannot predict on a {type(x).__name__}: give a path or a numpy array")
 
@@ -119,10 +151,18 @@ class Model:
 
         loaded = [self._load(x) for x in xs]
         batch = np.stack([preprocess(im, self.spec, self.backend.input_channels)
-                          for im, _ in loaded])
+                          for im, _, _ in loaded])
         raw = self.backend.run(batch)
-        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _ in loaded],
-                                        [p for _, p in loaded])
+        if self.ood is not None:  # the same out-of-distribution rule as `hamedge infer`
+            from hamedge.gate import refuse
+            from hamedge.pipeline.run import apply_ood
+
+            for (_, path, verdict), distance in zip(loaded, self.ood.distances(raw.attention_maps)):
+                reason = apply_ood(verdict, float(distance), self.ood) if verdict else ""
+                if reason:
+                    raise refuse(path or "array", reason)
+        return predictions_from_outputs(raw, self.spec, [im.shape[:2] for im, _, _ in loaded],
+                                        [p for _, p, _ in loaded])
 
     def close(self) -> None:
         self.backend.close()
@@ -138,13 +178,22 @@ class Model:
 
 
 def load(bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
-         device: str | None = None, **opts) -> Model:
+         device: str | None = None, accept_any: bool = False,
+         accept_secondary_capture: bool = False, **opts) -> Model:
     """Open a model for prediction: a bundle folder, a .safetensors checkpoint, or None for the
-    packaged demo model. ``backend``: auto | onnxruntime | tensorrt | torch."""
+    packaged demo model. ``backend``: "auto" or a name of hamedge.runtime.backend_names();
+    ``precision``: one that backend's class lists in ``precisions``; ``opts``: the backend's own
+    keyword options (a misspelt one is refused).
+
+    Files given to ``predict`` pass the input gate (hamedge.gate) first: one that is not a
+    frontal chest radiograph raises InputRefused, unless ``accept_any`` (research use).
+    ``accept_secondary_capture`` lets DICOM Secondary Capture objects through."""
+    from hamedge.gate import GateSettings
     from hamedge.runtime import open_backend
 
     opened = resolve_bundle(bundle)
-    return Model(opened, open_backend(opened, backend, precision, device, **opts))
+    return Model(opened, open_backend(opened, backend, precision, device, **opts),
+                 GateSettings(accept_any, accept_secondary_capture))
 
 
 __all__ = ["Model", "Prediction", "cache_dir", "load", "resolve_bundle"]

@@ -9,6 +9,7 @@ Layout (written by `hamedge export`, read by every runtime backend)::
       model.int8.cpu.onnx  INT8 Q/DQ for target "cpu": uint8 activations (U8S8), fast in ONNX Runtime on x86
       model.plugin.onnx    optional: the graph with the fused-refinement TensorRT plugin node
       calibration.json     images, method, tensor ranges hash, accuracy deltas (only with --int8)
+      ood.json             the input gate's out-of-distribution statistics and threshold (hamedge.ood)
       weights.safetensors  copy of the checkpoint (for the torch backend)
       engines/*.plan       TensorRT plans, each with a record engines/<same name>.json
       checksums            "<sha256>  <relative path>" for every file above
@@ -40,14 +41,17 @@ WEIGHTS_FILE = "weights.safetensors"
 ENGINES_DIR = "engines"
 PLUGIN_GRAPH = "model.plugin.onnx"
 
-# Graph files. One fp32 graph (fp16 has no graph of its own: TensorRT builds fp16 engines from it).
-# INT8 graphs come one per *target*, the runtime a graph is laid out for: "tensorrt" (symmetric
-# S8S8, what TensorRT needs; correct anywhere) and "cpu" (U8S8, what ONNX Runtime runs fast on
-# x86). Bundle.path_for picks the graph for a (precision, target).
+# Graph files. One fp32 graph (fp16 and bf16 have no graph of their own: the runtime lowers the
+# fp32 graph: TensorRT's fp16 engines, OpenVINO's bf16 inference precision on CPUs with AMX or
+# AVX-512 BF16). INT8 graphs come one per *target*, the runtime a graph is laid out for:
+# "tensorrt" (symmetric S8S8, what TensorRT needs; correct anywhere) and "cpu" (U8S8, what ONNX
+# Runtime runs fast on x86). Bundle.path_for picks the graph for a (precision, target).
 FP32_GRAPH = "model.onnx"
 INT8_GRAPHS = {"tensorrt": "model.int8.onnx", "cpu": "model.int8.cpu.onnx"}
 TARGETS = tuple(INT8_GRAPHS)
-PRECISIONS = ("fp32", "fp16", "int8")
+# Every precision any backend runs; each backend's own subset is its class attribute.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+REDUCED_FLOAT = ("fp16", "bf16")  # run from the fp32 graph
 
 OUTPUT_NAMES = ("class_probs", "anomaly_prob", "attention_maps")
 # Exported graphs name every node after the classification features "/head/...": the pooling,
@@ -236,7 +240,7 @@ class Bundle:
     def path_for(self, precision: str = "fp32", target: str = "cpu") -> Path:
         """The ONNX graph to run or build for this precision on this target.
 
-        fp32/fp16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
+        fp32/fp16/bf16 -> model.onnx; int8 on "tensorrt" -> model.int8.onnx (symmetric S8S8);
         int8 on "cpu" -> model.int8.cpu.onnx (U8S8), or the symmetric graph when the bundle has no
         "cpu" graph (correct, only slower on x86).
         """
@@ -244,7 +248,7 @@ class Bundle:
             raise BundleError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
         if target not in TARGETS:
             raise BundleError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
-        if precision in ("fp32", "fp16"):
+        if precision == "fp32" or precision in REDUCED_FLOAT:
             candidates = [FP32_GRAPH]
         elif target == "cpu":
             candidates = [INT8_GRAPHS["cpu"], INT8_GRAPHS["tensorrt"]]
@@ -258,10 +262,11 @@ class Bundle:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """Precisions this bundle has graphs for (fp16 whenever fp32 exists: TensorRT's choice)."""
+        """Precisions this bundle has graphs for (fp16 and bf16 whenever fp32 exists: the runtime
+        lowers the fp32 graph)."""
         out = []
         if FP32_GRAPH in self.files:
-            out += ["fp32", "fp16"]
+            out += ["fp32", *REDUCED_FLOAT]
         if any(name in self.files for name in INT8_GRAPHS.values()):
             out.append("int8")
         return tuple(out)

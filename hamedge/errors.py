@@ -25,3 +25,13 @@ class BundleError(HamedgeError):
 
 class BackendUnavailable(HamedgeError):
     """A backend whose software or hardware is absent on this machine."""
+
+
+class InputRefused(HamedgeError):
+    """An input the model was not made for (not a frontal chest radiograph): refused by the
+    input gate (hamedge.gate)."""
+
+
+class HamedgeWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one
+    'warning: ...' line."""

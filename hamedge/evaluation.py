@@ -71,10 +71,6 @@ def run_evaluation(predict_fn: PredictFn, labelled_set: Any, spec: ModelSpec, *,
     metrics.classification_metrics), localisation (metrics.LocalisationMeter.result), counts and
     timing. ``limit`` evaluates only the first N records; ``progress(done, total)`` is called after
     each batch."""
-    from hamedge.datasets import box_mask
-    from hamedge.io import read_image
-    from hamedge.preprocess import preprocess_batch
-
     from hamedge.errors import DataError
 
     names = tuple(labelled_set.class_names)
@@ -84,10 +80,28 @@ def run_evaluation(predict_fn: PredictFn, labelled_set: Any, spec: ModelSpec, *,
     records = list(labelled_set.records)[: limit if limit else None]
     if not records:
         raise DataError("no images to evaluate")
+    part = evaluate_part(predict_fn, records, spec, batch_size=batch_size, channels=channels,
+                         heatmaps_refined=heatmaps_refined, localisation=localisation,
+                         progress=progress)
+    return score_parts([part], names, localisation)
+
+
+def evaluate_part(predict_fn: PredictFn, records: Sequence[Any], spec: ModelSpec, *,
+                  batch_size: int = 16, channels: int | None = None,
+                  heatmaps_refined: bool = False, localisation: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Predictions and localisation counts of some records, to be merged by ``score_parts`` (a
+    multi-process validation runs one part per process). Plain numpy arrays and numbers."""
+    from hamedge.datasets import box_mask
+    from hamedge.io import read_image
+    from hamedge.preprocess import preprocess_batch
+
+    names = tuple(spec.class_names)
     k, size = spec.num_classes, spec.input_size
     probs = np.zeros((len(records), k), np.float64)
     anomaly = np.zeros(len(records), np.float64)
-    labels = np.stack([np.asarray(r.labels, np.float32) for r in records])
+    labels = (np.stack([np.asarray(r.labels, np.float32) for r in records]) if records
+              else np.zeros((0, k), np.float32))
     meter = metrics.LocalisationMeter(names)
     start = time.perf_counter()
     done = 0
@@ -111,13 +125,30 @@ def run_evaluation(predict_fn: PredictFn, labelled_set: Any, spec: ModelSpec, *,
         done += len(chunk)
         if progress is not None:
             progress(done, len(records))
-    elapsed = time.perf_counter() - start
+    return {"probs": probs, "anomaly": anomaly, "labels": labels,
+            "meter": {key: getattr(meter, key) for key in _METER_COUNTS},
+            "seconds": time.perf_counter() - start, "predict_seconds": predict_s}
+
+
+_METER_COUNTS = ("counts", "tiou_hits", "tior_hits", "iou_sum")
+
+
+def score_parts(parts: Sequence[dict[str, Any]], class_names: Sequence[str],
+                localisation: bool = True) -> dict[str, Any]:
+    """Metrics over the union of ``evaluate_part`` results (the record order does not matter)."""
+    names = tuple(class_names)
+    meter = metrics.LocalisationMeter(names)
+    for key in _METER_COUNTS:
+        setattr(meter, key, sum(p["meter"][key] for p in parts))
+    probs = np.concatenate([p["probs"] for p in parts])
+    anomaly = np.concatenate([p["anomaly"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
     result = {
         "classification": metrics.classification_metrics(probs, labels, names, anomaly),
         "localisation": meter.result() if localisation else None,
-        "num_images": len(records),
-        "seconds": elapsed,
-        "predict_seconds": predict_s,
+        "num_images": int(len(probs)),
+        "seconds": max(p["seconds"] for p in parts),
+        "predict_seconds": max(p["predict_seconds"] for p in parts),
     }
     result["summary"] = summary(result)
     return result

@@ -21,3 +21,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def nih_images(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "nih-samples" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests never write to the user's cache (exported bundles, measured choices, OpenVINO's
+    compiled models): $HAMEDGE_CACHE points into the session's temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HAMEDGE_CACHE", str(tmp_path_factory.mktemp("hamedge-cache")))
+        yield

@@ -97,7 +97,8 @@ def test_tables_flag_configurations_over_budget():
     md = report.render_markdown(r)
     assert "**onnxruntime/int8**" in md and "| torch-eager/fp32 |" in md
     lat = report.latency_table(r)
-    assert len(lat.rows) == 12 and "baseline" in [row[-1] for row in lat.rows]
+    speedup = lat.columns.index("speed-up")
+    assert len(lat.rows) == 12 and "baseline" in [row[speedup] for row in lat.rows]
 
 
 def test_compare_reports_faster_and_slower(tmp_path):
@@ -211,49 +212,47 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert rows >= 12 + 3
 
 
-def test_gpu_host_device_split_with_a_fake_tensorrt_backend():
-    """The TensorRT path cannot run here; its timing logic can: device time = the engine's
-    execute + sync alone, host time = the rest of the call, both shown in the latency table."""
+def test_gpu_host_device_split_through_last_inference_time():
+    """A GPU backend cannot run here; the bench's split can: device time = what the backend
+    reports as last_inference_time (its device's share of the call), host time = the rest of the
+    call, both shown in the latency table. CPU backends get no split."""
     import time as _time
 
-    from hamedge.bench import runner
+    from hamedge.bench import timing
+    from hamedge.runtime import Backend, RawOutputs
+    from hamedge.spec import ModelSpec
 
-    class FakeCuda:
-        stream_handle = 7
-        syncs = 0
+    class FakeGpu(Backend):
+        """Behaves as TensorRTBackend does: _run sets _inference_time to the device's time."""
 
-        def synchronize(self):
-            FakeCuda.syncs += 1
+        name, precisions, devices = "fake", ("fp16",), ("cuda",)
 
-    class FakeContext:
-        def execute_async_v3(self, stream):
-            assert stream == 7
-            _time.sleep(0.002)
-            return True
+        def _run(self, batch):
+            _time.sleep(0.001)  # host work: staging copies, Python
+            start = _time.perf_counter()
+            _time.sleep(0.002)  # the device's time: enqueue to the stream's end
+            self._inference_time = _time.perf_counter() - start
+            n = len(batch)
+            return RawOutputs(np.zeros((n, 2), np.float32), np.zeros((n, 1), np.float32),
+                              np.zeros((n, 3, 2, 2), np.float32))
 
-    class FakeTRT:
-        name, precision, device = "tensorrt", "fp16", "cuda (fake)"
-        context, cuda = FakeContext(), FakeCuda()
-
-        def run(self, batch):
-            _time.sleep(0.001)  # host work: copies, Python
-            self.context.execute_async_v3(7)
-            self.cuda.synchronize()
-
-    backend = FakeTRT()
-    batch = np.zeros((2, 1, 8, 8), np.float32)
-    probe = runner.device_probe(backend, batch)
-    assert probe is not None
+    spec = ModelSpec(arch="resnet18", output_stride=32, input_size=32, class_names=("A", "B"))
+    backend = FakeGpu(spec, 1, "fp16", "cuda (fake)")
+    batch = np.zeros((2, 1, 32, 32), np.float32)
+    run, device_times = timing.model_only(backend, batch)
+    assert device_times == []
     r = results.new_results()
     rule = latency.StopRule(iterations=5, warmup=1)
-    runner._time(r, "tensorrt", "fp16", 2, "model", lambda: backend.run(batch), rule, 100,
-                 lambda _t: None, probe=probe)
+    timing.time_config(r, "fake", "fp16", 2, "model", run, rule, 100, lambda _t: None,
+                       device_times=device_times)
+    assert len(device_times) == 6  # warm-up included; the split uses the 5 timed calls
     s = r["latency"][0]["stats"]
     assert s["device_ms"] >= 2.0 and s["host_ms"] >= 0.5
     assert s["device_ms"] + s["host_ms"] == pytest.approx(s["mean_ms"], rel=0.01)
     table = report.latency_table(r)
     assert table.columns[-2:] == ["host ms", "device ms"]
-    assert runner.device_probe(type("CPU", (), {"name": "onnxruntime"})(), batch) is None
+    cpu = FakeGpu(spec, 1, "fp16", "cpu")
+    assert timing.model_only(cpu, batch)[1] is None
 
 
 def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
@@ -283,3 +282,22 @@ def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
     # a mode that was not measured is said, not judged
     assert rows["default", "onnxruntime/int8", "infer"]["met"] is None
     assert "not run in mode infer" in rows["default", "onnxruntime/int8", "infer"]["note"]
+
+
+def test_other_runtimes_are_held_against_onnxruntime():
+    r = fake_results()
+    base = next(e for e in r["latency"] if e["backend"] == "onnxruntime" and e["precision"] == "fp32"
+                and e["mode"] == "model")
+    for precision, factor in (("fp32", 2.0), ("bf16", 3.0)):
+        entry = json.loads(json.dumps(base))
+        entry.update(backend="openvino", precision=precision)
+        entry["stats"]["throughput"] *= factor
+        r["latency"].append(entry)
+    results.fill_speedups(r)
+    ov = {e["precision"]: e for e in r["latency"] if e["backend"] == "openvino"}
+    assert ov["fp32"]["vs_onnxruntime"] == pytest.approx(2.0)
+    assert ov["bf16"]["vs_onnxruntime"] == pytest.approx(3.0)  # against ONNX Runtime's fp32
+    assert base["vs_onnxruntime"] is None
+    table = report.latency_table(r)
+    col = table.columns.index("vs onnxruntime")
+    assert "2.00x" in [row[col] for row in table.rows] and "3.00x" in [row[col] for row in table.rows]

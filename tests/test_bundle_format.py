@@ -42,7 +42,7 @@ def test_roundtrip_reads_everything(tmp_path):
     assert again.calibration == {"method": "max", "count": 3, "checkpoint_sha256": "ab" * 32}
     assert again.weights_path == tmp_path / "m.hamedge" / "weights.safetensors"
     assert again.engines == []
-    assert b.precisions == ("fp32", "fp16", "int8")
+    assert b.precisions == ("fp32", "fp16", "bf16", "int8")
     lines = (tmp_path / "m.hamedge" / "checksums").read_text().splitlines()
     assert all(len(line.split("  ")[0]) == 64 for line in lines)
     assert {line.split("  ")[1] for line in lines} == {
@@ -111,7 +111,7 @@ def test_writer_refuses_existing_target_and_force_replaces(tmp_path):
     with pytest.raises(BundleError, match="already exists"):
         BundleWriter(tmp_path / "b")
     b = make_bundle(tmp_path / "b", int8=False, cpu_graph=False, force=True)
-    assert b.precisions == ("fp32", "fp16")
+    assert b.precisions == ("fp32", "fp16", "bf16")
     assert not (tmp_path / "b" / "model.int8.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 

@@ -95,7 +95,7 @@ def test_calibration_bundle_and_trt_modules_never_import_torch():
 
     code = ("import sys; sys.modules['torch'] = None\n"
             "import hamedge.calibration, hamedge.calibration.data, hamedge.calibration.quantize, hamedge.calibration.guard\n"
-            "import hamedge.bundle, hamedge.trt, hamedge.trt.build, hamedge.trt.naming\n"
+            "import hamedge.bundle, hamedge.trt, hamedge.trt.build, hamedge.trt.engines, hamedge.trt.cuda, hamedge.trt.compat\n"
             "import hamedge.cli.export_cmds\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -84,3 +84,27 @@ def test_heatmap_agreement_accepts_binarised_maps():
     masks = binarise(maps, SPEC)
     assert masks.dtype == bool
     assert heatmap_agreement(masks, maps, SPEC) == heatmap_agreement(maps, maps, SPEC)
+
+
+def test_guard_runs_a_graph_on_the_backend_that_will_deploy_it(tmp_path):
+    """The same graph scored through ONNX Runtime and (where installed) OpenVINO: one evaluation
+    each, through each backend's from_graph."""
+    from infer_helpers import make_bundle
+    from hamedge.bundle import Bundle
+    from hamedge.calibration.data import synthetic_heldout
+    from hamedge.calibration.guard import evaluate_graph
+    from hamedge.datasets import load_dataset
+    from hamedge.errors import HamedgeError
+
+    bundle = Bundle.open(make_bundle(tmp_path / "b.hamedge"))
+    spec = bundle.spec
+    val = load_dataset(synthetic_heldout(spec, 4, 6, tmp_path / "val", size=64), split="test",
+                       class_names=spec.class_names)
+    ort, ort_maps = evaluate_graph(bundle.root / "model.onnx", val, spec, 1)
+    assert ort["num_images"] == len(val.records) and ort_maps.shape[0] == len(val.records)
+    with pytest.raises(HamedgeError, match="cannot run a graph file"):
+        evaluate_graph(bundle.root / "model.onnx", val, spec, 1, backend="torch")
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    ov, ov_maps = evaluate_graph(bundle.root / "model.onnx", val, spec, 1, backend="openvino")
+    assert ov["classification"]["mean_auc"] == pytest.approx(ort["classification"]["mean_auc"], abs=1e-6)
+    np.testing.assert_allclose(ov_maps, ort_maps, rtol=1e-4, atol=1e-4)

@@ -49,7 +49,11 @@ def test_int8_bundle_contents(int8_bundle, ckpt):
 
     b = Bundle.open(int8_bundle)
     assert set(b.files) == {"spec.json", "model.onnx", "model.int8.onnx", "model.int8.cpu.onnx",
-                            "calibration.json", "weights.safetensors"}
+                            "calibration.json", "weights.safetensors", "ood.json"}
+    # the input gate's statistics: of the calibration images, threshold on the guard's images
+    ood = json.loads((int8_bundle / "ood.json").read_text())
+    assert ood["fit_images"] == 12 and ood["heldout_images"] >= 8 and ood["threshold"] > 0
+    assert b.provenance["ood"]["threshold"] == pytest.approx(ood["threshold"], abs=1e-3)
     assert b.graph.input_channels == 1 and b.graph.heatmaps == "raw" and b.graph.opset == 17
     prov = b.provenance
     assert prov["checkpoint_sha256"] == sha256_file(ckpt)
@@ -156,4 +160,8 @@ def test_fused_plugin_graph_is_an_extra_tensorrt_only_graph(ckpt, tmp_path):
     m = onnx.load(str(b.plugin_graph_path))
     assert [n.domain for n in m.graph.node if n.op_type == "FusedRefine"] == ["hamedge"]
     assert b.provenance["plugin_graph"]["heatmaps"] == "refined"
+    compat = b.provenance["tensorrt_compat"]  # the static parser check, per graph and version
+    assert set(compat) == {"model.onnx", "model.plugin.onnx"}
+    assert set(compat["model.onnx"]) == {"8.5", "10.3", "11"} and compat["model.onnx"]["10.3"]["ok"]
+    assert not compat["model.plugin.onnx"]["8.5"]["ok"] and compat["model.plugin.onnx"]["11"]["ok"]
     assert not any(n.op_type == "FusedRefine" for n in onnx.load(str(b.path_for("fp32"))).graph.node)

@@ -3,16 +3,15 @@ API handling (10.x flags vs 11.x strongly typed) checked against fake tensorrt m
 
 from __future__ import annotations
 
-import types
-
 import pytest
 
 from hamedge.bundle import Bundle, BundleWriter, EngineRecord, GraphInfo
 from hamedge.errors import BackendUnavailable, BundleError, HamedgeError
-from hamedge.runtime.tensorrt import GpuInfo
+from hamedge.trt.engines import GpuInfo
 from hamedge.spec import ModelSpec
 from hamedge.trt.build import build_engine, features, network_flags
-from hamedge.trt.naming import BatchProfile, check_engine_compatible, engine_filename, slug
+from hamedge.trt.engines import BatchProfile, check_engine_compatible, engine_filename, slug
+from trt_fakes import fake_tensorrt
 
 SPEC = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
 ORIN = GpuInfo("Orin", "8.7")
@@ -44,71 +43,10 @@ def test_engine_for_another_gpu_or_version_is_refused():
         check_engine_compatible(record(), ORIN, "10.7.0")
 
 
-# -- a fake tensorrt: records what the builder is asked --------------------------------------------
-def fake_trt(version: str, precision_flags: bool):
-    calls: dict = {"flags": [], "shapes": None, "pool": None}
-    flag_names = ["FP16", "INT8", "GPU_FALLBACK"] if precision_flags else ["GPU_FALLBACK"]
-    BuilderFlag = types.SimpleNamespace(**{n: n for n in flag_names})
-    net_flags = {"STRONGLY_TYPED": 5} if not precision_flags else {"EXPLICIT_BATCH": 0,
-                                                                  "STRONGLY_TYPED": 5}
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["pool"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls["flags"].append(flag)
-
-        def add_optimization_profile(self, p):
-            calls["profiles"] = calls.get("profiles", 0) + 1
-
-        def create_timing_cache(self, data):
-            calls["cache_in"] = data
-            return types.SimpleNamespace(serialize=lambda: b"CACHE")
-
-        def set_timing_cache(self, cache, ignore):
-            pass
-
-    class Profile:
-        def set_shape(self, name, *shapes):
-            calls["shapes"] = (name, shapes)
-
-    class Builder:
-        num_DLA_cores = 0
-
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return "network"
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"PLAN-BYTES"
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse(self, data):
-            calls["parsed"] = data
-            return True
-
-    trt = types.SimpleNamespace(
-        __version__=version, BuilderFlag=BuilderFlag, Builder=Builder, OnnxParser=OnnxParser,
-        NetworkDefinitionCreationFlag=types.SimpleNamespace(**net_flags),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-        Logger=type("Logger", (), {"WARNING": 1, "__init__": lambda self, level: None}),
-        DeviceType=types.SimpleNamespace(DLA="DLA"))
-    return trt, calls
+# -- fake tensorrt modules with the real enums per version (tests/trt_fakes.py) -------------------
+def fake_trt(version: str, precision_flags: bool = True):
+    line = {"8.5.2": "8.5", "10.3.0": "10.3", "10.13.0": "10.13", "11.0.0": "11.0"}[version]
+    return fake_tensorrt(line)
 
 
 @pytest.fixture()
@@ -127,13 +65,14 @@ def test_trt10_int8_uses_flags_and_the_qdq_graph(bundle, tmp_path, monkeypatch):
     rec = build_engine(bundle, "int8", min_batch=1, opt_batch=2, max_batch=4, workspace_mib=512,
                        trt=trt, gpu=ORIN)
     assert calls["parsed"] == b"QDQ-ONNX" and set(calls["flags"]) == {"FP16", "INT8"}
-    assert calls["shapes"] == ("image", ((1, 1, 64, 64), (2, 1, 64, 64), (4, 1, 64, 64)))
-    assert calls["pool"] == ("WORKSPACE", 512 << 20)
-    assert rec.plan == "orin_trt10.3.0_int8_b1-2-4.plan" and rec.onnx_file == "model.int8.onnx"
+    assert calls["profile"] == ("image", ((1, 1, 64, 64), (2, 1, 64, 64), (4, 1, 64, 64)))
+    assert calls["pool"] == (trt.MemoryPoolType.WORKSPACE, 512 << 20)
+    assert rec.plan == "orin_trt10.3.0.30_int8_b1-2-4.plan" and rec.onnx_file == "model.int8.onnx"
+    assert rec.extra["float_precision"] == "fp16"
     assert rec.onnx_sha256 == bundle.files["model.int8.onnx"]
     again = Bundle.open(bundle.root)  # checksums rewritten, engine listed and verified
     assert again.engines == [rec] and again.engine_path(rec).read_bytes() == b"PLAN-BYTES"
-    assert (tmp_path / "cache" / "trt" / "orin_trt10.3.0.timing-cache").read_bytes() == b"CACHE"
+    assert (tmp_path / "cache" / "trt" / "orin_trt10.3.0.30.timing-cache").read_bytes() == b"CACHE"
 
 
 def test_trt8_sets_explicit_batch(bundle, tmp_path, monkeypatch):
@@ -147,8 +86,19 @@ def test_trt11_is_strongly_typed_without_precision_flags(bundle, tmp_path, monke
     monkeypatch.setenv("HAMEDGE_CACHE", str(tmp_path / "cache"))
     trt, calls = fake_trt("11.0.0", precision_flags=False)
     rec = build_engine(bundle, "int8", trt=trt, gpu=ORIN)
-    assert calls["network_flags"] == 1 << 5 and calls["flags"] == []
+    # 11.0: STRONGLY_TYPED (= 0 there) is deprecated and ignored; no bit is asked for.
+    assert calls["network_flags"] == 0 and calls["flags"] == []
     assert rec.extra["strongly_typed"] is True
+    # No FP16 flag on 11.x: an INT8 engine keeps the graph's fp32 float parts.
+    assert rec.extra["float_precision"] == "fp32"
+
+
+def test_trt10_without_precision_flags_asks_for_strongly_typed_by_its_value():
+    from hamedge.trt.build import features
+
+    trt, _ = fake_tensorrt("10.3")
+    feats = dict(features(trt), fp16_flag=False)
+    assert network_flags(trt, feats) == 1 << 1  # kSTRONGLY_TYPED = 1 on 10.x
 
 
 def test_refusals(bundle, tmp_path, monkeypatch):
@@ -158,7 +108,7 @@ def test_refusals(bundle, tmp_path, monkeypatch):
         build_engine(bundle, "fp16", dla_core=0, trt=trt, gpu=ORIN)
     with pytest.raises(HamedgeError, match="unknown engine precision"):
         build_engine(bundle, "int4", trt=trt, gpu=ORIN)
-    monkeypatch.setattr("hamedge.runtime.tensorrt.gpu_info", lambda: None)
+    monkeypatch.setattr("hamedge.trt.build.gpu_info", lambda: None)
     with pytest.raises(BackendUnavailable, match="no CUDA GPU"):
         build_engine(bundle, "fp16", trt=trt)
 

@@ -83,3 +83,59 @@ def test_sources_present_and_consistent():
 
     assert (PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION) == ("FusedRefine", "hamedge", "1")
     assert (CSRC / "CMakeLists.txt").read_text().count("fused_refine_kernel.cu") == 1
+
+
+CMAKE = shutil.which("cmake")
+
+
+def _configure(tmp_path: Path, version_header: str | None) -> tuple[str, str]:
+    """Configure the csrc project against a TensorRT root holding ``version_header`` as
+    NvInferVersion.h (an empty NvInfer.h and libnvinfer.so beside it: configure only reads them)."""
+    env = dict(os.environ)
+    env.pop("CUDAARCHS", None)
+    args = [CMAKE, "-S", str(CSRC), "-B", str(tmp_path / "build")]
+    if version_header is not None:
+        root = tmp_path / "trt"
+        (root / "include").mkdir(parents=True)
+        (root / "lib").mkdir()
+        (root / "include" / "NvInfer.h").write_text("")
+        (root / "include" / "NvInferVersion.h").write_text(version_header)
+        (root / "lib" / "libnvinfer.so").write_bytes(b"")
+        args.append(f"-DTENSORRT_ROOT={root}")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    return " ".join((proc.stdout + proc.stderr).split()), cache  # CMake wraps warnings
+
+
+needs_cmake = pytest.mark.skipif(CMAKE is None or NVCC is None, reason="cmake or nvcc not found")
+
+
+@needs_cmake
+@pytest.mark.parametrize("header, major", [
+    # The two forms NvInferVersion.h has used: a number (8.5, 10.3) and a macro name (10.13, 11.0).
+    ("#define NV_TENSORRT_MAJOR 8 //!< TensorRT major version.\n", 8),
+    ("#define TRT_MAJOR_ENTERPRISE 10\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< major\n", 10),
+])
+def test_cmake_builds_the_iplugin_v3_plugin_only_on_tensorrt_10(tmp_path, header, major):
+    log, _ = _configure(tmp_path, header)
+    makefile = (tmp_path / "build" / "Makefile").read_text()
+    if major < 10:
+        assert "needs TensorRT 10 or later" in log
+        assert "hamedge_fused_refine:" not in makefile
+    else:
+        assert f"TensorRT {major}.x" in log
+        assert "hamedge_fused_refine:" in makefile
+    assert "hamedge_fused_refine_kernel:" in makefile
+
+
+@needs_cmake
+def test_cmake_applies_its_architectures_and_drops_sm72_on_cuda13(tmp_path):
+    version = subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+    _, cache = _configure(tmp_path, None)
+    archs = next(line.split("=", 1)[1] for line in cache.splitlines()
+                 if line.startswith("CMAKE_CUDA_ARCHITECTURES:"))
+    assert "87" in archs.split(";") and "90" in archs.split(";")  # not the compiler default
+    if "release 13." in version:
+        assert "72" not in archs.split(";")  # CUDA 13's nvcc has no sm_72

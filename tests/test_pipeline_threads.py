@@ -1,6 +1,6 @@
 """The folder pipeline's throughput options: parallel heatmap writers give the same files and
 rows as one writer; --reduced-decode decodes JPEGs smaller but reports full-size results; ONNX
-Runtime's threads can be told not to spin."""
+Runtime's threads do not spin in folder runs (use="throughput")."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def test_reduced_decode_refuses_overlays():
         InferOptions(writers=0).validate()
 
 
-def test_onnxruntime_threads_can_stop_spinning(bundle):
+def test_onnxruntime_threads_stop_spinning_for_throughput(bundle):
     key = "session.intra_op.allow_spinning"
-    with open_backend(bundle, "onnxruntime", "fp32", "cpu", spinning=False) as backend:
+    with open_backend(bundle, "onnxruntime", "fp32", "cpu", use="throughput") as backend:
         assert backend.session.get_session_options().get_session_config_entry(key) == "0"
     with open_backend(bundle, "onnxruntime", "fp32", "cpu") as backend:  # the default: ORT's own
         options = backend.session.get_session_options()

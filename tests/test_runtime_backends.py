@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("rt") / "tiny.hamedge", int8=True)
+    return make_bundle(tmp_path_factory.mktemp("rt") / "tiny.hamedge", int8=True,
+                       int8_targets=("cpu", "tensorrt"))
 
 
 def test_runtime_and_onnxruntime_backend_do_not_import_torch(bundle_dir):
@@ -94,10 +95,10 @@ def test_wrong_shape_and_closed_backend(bundle_dir):
 
 def test_user_errors(bundle_dir):
     with pytest.raises(HamedgeError, match="unknown backend"):
-        open_backend(bundle_dir, "openvino")
+        open_backend(bundle_dir, "nosuch")
     with pytest.raises(HamedgeError, match="unknown precision"):
         open_backend(bundle_dir, "onnxruntime", "int4")
-    with pytest.raises(HamedgeError, match="fp16 needs a GPU"):
+    with pytest.raises(HamedgeError, match="runs fp32, int8, not fp16"):
         open_backend(bundle_dir, "onnxruntime", "fp16")
     with pytest.raises(BackendUnavailable):
         open_backend(bundle_dir, "onnxruntime", "fp32", device="cuda")
@@ -148,8 +149,9 @@ def test_auto_picks_tensorrt_only_with_matching_engine(bundle_dir):
     assert name == "tensorrt"
     name, why = resolve_backend(bundle, "auto", "fp16", gpu=None, trt_version="10.3.0", probe=False)
     assert name == "onnxruntime" and "no CUDA GPU" in why
-    # On this machine (no TensorRT) auto always lands on onnxruntime.
-    assert resolve_backend(bundle, "auto", "fp16")[0] == "onnxruntime"
+    # Without TensorRT auto lands on a CPU runtime (OpenVINO runs fp16 on CPUs with AVX512-FP16)
+    name, why = resolve_backend(bundle, "auto", "fp32")
+    assert name in ("onnxruntime", "openvino") and "no TensorRT engine" in why
 
 
 def test_buffer_plan_sizes():
@@ -214,3 +216,46 @@ def test_torch_refine_on_device_matches_numpy_refinement(bundle_dir):
     pb = predictions_from_outputs(b, plain.spec, [(64, 64)] * 2)
     for name in ("anomaly", "Mass"):
         assert np.abs(pa[1].heatmap(name) - pb[1].heatmap(name)).max() < 1e-3
+
+
+def test_onnxruntime_on_cuda_runs_the_symmetric_int8_graph(bundle_dir):
+    """The U8S8 CPU form is ONNX Runtime's x86 fast path; on the CUDA provider the bundle's
+    S8S8 graph is the one to run (it used to take the CPU form whatever the provider)."""
+    from hamedge.runtime.onnxruntime import graph_target
+
+    bundle = Bundle.open(bundle_dir)
+    assert graph_target(["CPUExecutionProvider"]) == "cpu"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert bundle.path_for("int8", graph_target(cuda)).name == "model.int8.onnx"
+    assert bundle.path_for("int8", graph_target(["CPUExecutionProvider"])).name == "model.int8.cpu.onnx"
+
+
+def test_onnxruntime_opens_the_graph_for_its_provider(bundle_dir, monkeypatch):
+    """Open with the CUDA provider chosen (the real session then refuses a provider this
+    onnxruntime lacks, so the path it was given is what we check)."""
+    import onnxruntime as ort
+
+    from hamedge.runtime import onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    seen = []
+    real = ort.InferenceSession
+
+    def session(path, options, providers):
+        seen.append((path, providers[0]))
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with open_backend(bundle_dir, "onnxruntime", "int8", device="cuda") as b:
+        assert b.device == "cuda"
+    assert seen[0][0].endswith("model.int8.onnx") and seen[0][1] == "CUDAExecutionProvider"
+
+
+def test_misspelt_option_is_refused_and_none_means_default(bundle_dir):
+    with pytest.raises(HamedgeError, match="takes no option 'thread'"):
+        open_backend(bundle_dir, "onnxruntime", thread=2)
+    with pytest.raises(HamedgeError, match="takes no option 'max_batch'"):
+        open_backend(bundle_dir, "onnxruntime", max_batch=4)
+    with open_backend(bundle_dir, "onnxruntime", threads=None) as b:
+        assert b.artifact.name == "model.onnx"

@@ -168,9 +168,9 @@ def test_cli_evaluate_and_errors(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and err.startswith("error: ") and "Traceback" not in err
     rc = run_app(["evaluate", str(ckpt), "--data", str(tmp_path / "missing")])
-    assert rc == 2 and "not found" in capsys.readouterr().err
+    assert rc == 2 and "no such data set folder" in capsys.readouterr().err
     rc = run_app(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert rc == 2 and "NIH layout" in capsys.readouterr().err
+    assert rc == 2 and "no known data set layout" in capsys.readouterr().err
     rc = run_app(["train", "--data", str(tiny_data), "--out", str(tmp_path / "o"),
                   "--loss-weights", "nope=1"])
     assert rc == 2 and "loss weight" in capsys.readouterr().err

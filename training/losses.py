@@ -1,8 +1,11 @@
 """The five HAM training losses, as the HAM reference code's train() computes them.
 
 Inputs are one batch's network outputs (hamedge.model.network.HAMOutput, refined class maps
-included) and the batch from training.data.HAMDataset: labels (B, K), masks (B, K, S, S) box masks,
+included) and the batch from hamedge.training.data.HAMDataset: labels (B, K), masks (B, K, S, S) box masks,
 box_flag (B, 1) = the image's boxes may supervise, box_tags (B, K) = classes with a box on it.
+
+Every "mean" below is a ratio of sums over the batch, so a batch split over processes gives the
+same loss when those sums are taken over all of them (see training.distributed).
 
 - ano:   BCE(sigmoid(anomaly logit), any finding), any finding = max over the class labels.
 - cls:   BCE over the K class outputs (mean over B*K).
@@ -67,35 +70,40 @@ def _ratio_clamped(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return num / torch.clamp(den, min=1e-5)
 
 
-def _batch_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum(values * weights) / max(sum(weights), 1e-5) over the batch axis (the reference's norm)."""
-    return (values * weights).sum(0) / torch.clamp(weights.sum(0), min=1e-5)
-
-
 def ham_losses(out, labels: torch.Tensor, masks: torch.Tensor | None, box_flag: torch.Tensor,
                box_tags: torch.Tensor, weights: LossWeights = LossWeights(),
-               soft_gain: float = SOFT_MASK_GAIN, soft_center: float = SOFT_MASK_CENTER
+               soft_gain: float = SOFT_MASK_GAIN, soft_center: float = SOFT_MASK_CENTER,
+               label_weights: torch.Tensor | None = None, batch_sums=None
                ) -> dict[str, torch.Tensor]:
     """The five unweighted losses and the weighted total: keys ano, cls, ex_cls, bound, union,
-    total (0-dim tensors; only total is meant for backward)."""
+    total (0-dim tensors; only total is meant for backward).
+
+    Every batch-level sum goes through ``batch_sums(list of (B, ...) tensors) -> list of sums``
+    (default: sums over this batch; training.distributed.global_sums in a multi-process run, so
+    each rank computes the loss of the whole batch across ranks). ``label_weights`` (B, K): 0
+    where a label is unknown (CheXpert's uncertain="ignore"); those entries do not count in the
+    BCE, and an image with no known positive and an unknown label does not count in ano."""
+    if batch_sums is None:
+        def batch_sums(tensors):
+            return [t.sum(0) for t in tensors]
     labels = labels.float()
+    lw = torch.ones_like(labels) if label_weights is None else label_weights.float()
     ano_labels = labels.max(dim=1, keepdim=True)[0]  # (B, 1)
-    ano = F.binary_cross_entropy_with_logits(out.anomaly_logit, ano_labels)
-    cls = F.binary_cross_entropy_with_logits(out.class_logits, labels)
+    ano_w = torch.where((ano_labels > 0) | (lw.min(dim=1, keepdim=True)[0] > 0),
+                        torch.ones_like(ano_labels), torch.zeros_like(ano_labels))
+    ano_el = F.binary_cross_entropy_with_logits(out.anomaly_logit, ano_labels, reduction="none")
+    cls_el = F.binary_cross_entropy_with_logits(out.class_logits, labels, reduction="none")
 
     # exClsLoss: box supervision of the refined class maps.
     supervised = box_tags.float() * box_flag.float().reshape(-1, 1)  # (B, K)
-    if bool(supervised.any()):
-        if out.class_maps is None or masks is None:
+    if out.class_maps is None or masks is None:
+        if bool(supervised.any()):
             raise ValueError("box supervision needs the refined class maps and the box masks")
-        maps, masks = out.class_maps, masks.float()
-        sq_err = ((maps - masks) ** 2).sum((2, 3))  # (B, K)
-        norm = ((maps.sum((2, 3)) + masks.sum((2, 3))) * supervised).sum(0)  # (K,)
-        per_class = (sq_err * supervised).sum(0) / torch.clamp(norm, min=1e-5)
-        classes_with_boxes = int((supervised.sum(0) > 0).sum())
-        ex_cls = per_class.sum() / max(classes_with_boxes, 1)
+        sq_err = norm = torch.zeros_like(supervised)
     else:
-        ex_cls = out.class_logits.new_zeros(())
+        maps, masks = out.class_maps, masks.float()
+        sq_err = ((maps - masks) ** 2).sum((2, 3)) * supervised  # (B, K)
+        norm = (maps.sum((2, 3)) + masks.sum((2, 3))) * supervised
 
     # boundLoss and unionLoss on the raw CAMs, negatives zeroed.
     ano_cam = out.anomaly_cam[:, 0] * ano_labels[:, :, None]  # (B, h, w)
@@ -105,15 +113,23 @@ def ham_losses(out, labels: torch.Tensor, masks: torch.Tensor | None, box_flag: 
     cls_sum = cls_cams.sum((2, 3))  # (B, K)
     covered = (torch.minimum(cls_cams, ano_cam[:, None]) * cls_soft).sum((2, 3))
     bound_per = _ratio_clamped(cls_sum - covered, cls_sum) * labels  # (B, K)
-    bound_k = _batch_mean(bound_per, labels)  # (K,)
-    positive_classes = int((labels.sum(0) > 0).sum())
-    bound = bound_k.sum() / max(positive_classes, 1)
-
     union_map = cls_cams.max(dim=1)[0]  # (B, h, w)
     ano_sum = ano_cam.sum((1, 2))
     union_cov = (torch.minimum(union_map, ano_cam) * ano_soft).sum((1, 2))
     union_per = _ratio_clamped(ano_sum - union_cov, ano_sum) * ano_labels[:, 0]
-    union = _batch_mean(union_per, ano_labels[:, 0])
+
+    (ano_num, ano_den, cls_num, cls_den, ex_num, ex_den, ex_count, bound_num, bound_den,
+     union_num, union_den) = batch_sums([
+        ano_el * ano_w, ano_w.detach(), cls_el * lw, lw.detach(), sq_err, norm,
+        supervised.detach(), bound_per * labels, labels.detach(),
+        union_per * ano_labels[:, 0], ano_labels[:, 0].detach()])
+    ano = ano_num.sum() / torch.clamp(ano_den.sum(), min=1.0)
+    cls = cls_num.sum() / torch.clamp(cls_den.sum(), min=1.0)
+    classes_with_boxes = int((ex_count > 0).sum())
+    ex_cls = (ex_num / torch.clamp(ex_den, min=1e-5)).sum() / max(classes_with_boxes, 1)
+    positive_classes = int((bound_den > 0).sum())
+    bound = _ratio_clamped(bound_num, bound_den).sum() / max(positive_classes, 1)
+    union = _ratio_clamped(union_num, union_den)
 
     total = (weights.ano * ano + weights.cls * cls + weights.ex_cls * ex_cls
              + weights.bound * bound + weights.union * union)
@@ -121,7 +137,9 @@ def ham_losses(out, labels: torch.Tensor, masks: torch.Tensor | None, box_flag: 
             "total": total}
 
 
-def batch_losses(out, batch: dict, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
-    """ham_losses on a HAMDataset batch dict (labels, masks, box_flag, box_tags)."""
+def batch_losses(out, batch: dict, weights: LossWeights = LossWeights(), batch_sums=None
+                 ) -> dict[str, torch.Tensor]:
+    """ham_losses on a HAMDataset batch dict (labels, masks, box_flag, box_tags, label_weights)."""
     return ham_losses(out, batch["labels"], batch.get("masks"), batch["box_flag"],
-                      batch["box_tags"], weights)
+                      batch["box_tags"], weights, label_weights=batch.get("label_weights"),
+                      batch_sums=batch_sums)

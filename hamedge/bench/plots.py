@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from hamedge.compare import Budget
 from hamedge.fsutil import write_bytes
 
 
@@ -95,10 +96,10 @@ def accuracy_vs_speedup(results: dict[str, Any], path: Path) -> Path | None:
     plt = _plt()
     batches = sorted({e["batch"] for e in results["latency"]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    budget = results.get("budget", {})
+    budget = Budget.from_dict(results.get("budget"))
     for ax, (metric, label, limit) in zip(axes, (
-            ("mean_auc", "change of mean AUC", budget.get("mean_auc_drop")),
-            ("tiou_0.3", "change of T(IoU=0.3)", budget.get("tiou_0.3_drop")))):
+            ("mean_auc", "change of mean AUC", budget.max_mean_auc_drop),
+            (budget.tiou_key, f"change of T(IoU={budget.tiou_threshold:g})", budget.max_tiou_drop))):
         for e in results["latency"]:
             a = acc.get(_name(e))
             if e["mode"] != "e2e" or a is None or e.get("speedup") is None:

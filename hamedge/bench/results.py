@@ -23,40 +23,26 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hamedge.bundle import REDUCED_FLOAT
+from hamedge.compare import Budget
+from hamedge.runtime import measure
 from hamedge.errors import HamedgeError
 
 FORMAT = "hamedge-bench/1"
 BASELINE_BACKEND = "torch-eager"  # the reference code's way: PIL preprocessing + model(x) forward
 
-# The accuracy budget an optimised configuration must hold against the fp32 reference.
-DEFAULT_BUDGET = {"mean_auc_drop": 0.005, "tiou_0.3_drop": 0.01}
 
 
 def config_name(backend: str, precision: str) -> str:
     return f"{backend}/{precision}"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> list[str]:
-    """The SIMD flags that decide INT8 speed on x86 (VNNI or not)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-                return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
+    """The SIMD flags that decide INT8 and bf16 speed on x86 (VNNI, AMX, AVX-512 BF16 or not)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+              "amx_int8")
+    flags = measure.cpu_flags()
+    return [f for f in wanted if f in flags]
 
 
 def gpu_model() -> str | None:
@@ -79,7 +65,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        "cpu": measure.cpu_model(),
         "cpu_flags": cpu_flags(),
         "cores": usable_cores(),
         "gpu": gpu_model(),
@@ -88,7 +74,8 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("hamedge", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "tensorrt",
+    for name in ("hamedge", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "onnx",
+                 "tensorrt",
                  "opencv-python-headless", "scikit-learn"):
         try:
             found[name] = md.version(name)
@@ -121,7 +108,7 @@ def new_results() -> dict[str, Any]:
         "versions": versions(),
         "model": {},
         "settings": {},
-        "budget": dict(DEFAULT_BUDGET),
+        "budget": Budget().to_dict(),
         "latency": [],
         "accuracy": [],
         "overlays": [],
@@ -151,8 +138,21 @@ def baseline_entry(results: dict[str, Any], batch: int, mode: str) -> dict[str, 
     return None
 
 
+def onnxruntime_entry(results: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The ONNX Runtime entry to hold ``entry`` against: same batch, mode and precision (fp32 for
+    the reduced float precisions ONNX Runtime does not run)."""
+    precision = "fp32" if entry["precision"] in REDUCED_FLOAT else entry["precision"]
+    for other in results["latency"]:
+        if (other["backend"] == "onnxruntime" and other["precision"] == precision
+                and other["batch"] == entry["batch"] and other["mode"] == entry["mode"]):
+            return other
+    return None
+
+
 def fill_speedups(results: dict[str, Any]) -> None:
-    """Speed-up = configuration throughput / eager baseline throughput at the same batch and mode."""
+    """Speed-up = configuration throughput / eager baseline throughput at the same batch and mode;
+    vs_onnxruntime = throughput / ONNX Runtime's (onnxruntime_entry), so a user sees which
+    runtime to deploy on their machine."""
     for entry in results["latency"]:
         # the pipelined "infer" mode is compared with the reference's end-to-end loop
         mode = "e2e" if entry["mode"] == "infer" else entry["mode"]
@@ -161,3 +161,7 @@ def fill_speedups(results: dict[str, Any]) -> None:
             entry["speedup"] = None
         else:
             entry["speedup"] = entry["stats"]["throughput"] / base["stats"]["throughput"]
+        ort = None if entry.get("baseline") or entry["backend"] == "onnxruntime" else \
+            onnxruntime_entry(results, entry)
+        entry["vs_onnxruntime"] = (entry["stats"]["throughput"] / ort["stats"]["throughput"]
+                                   if ort else None)

@@ -7,7 +7,9 @@ import sys
 
 import typer
 
-from hamedge.errors import HamedgeError
+import warnings
+
+from hamedge.errors import HamedgeError, HamedgeWarning
 
 app = typer.Typer(
     name="hamedge",
@@ -18,9 +20,19 @@ app = typer.Typer(
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None,
+                  _default=warnings.showwarning):
+    if issubclass(category, HamedgeWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI. A HamedgeError (a user mistake) becomes 'error: ...' on stderr and its exit
-    code, never a traceback; usage errors are Typer's own (exit 2)."""
+    code, never a traceback; usage errors are Typer's own (exit 2). A HamedgeWarning is one
+    'warning: ...' line."""
+    warnings.showwarning = _show_warning
     try:
         app(args=argv)
     except SystemExit as exc:  # Typer's normal way out, usage errors included

@@ -8,7 +8,9 @@ from typing import Optional, Tuple
 import typer
 
 from hamedge.cli.app import app
+from hamedge.compare import Budget
 from hamedge.errors import HamedgeError
+from hamedge.runtime.registry import PRECISIONS, backend_names
 
 
 def _csv(text: str | None, what: str) -> list[str] | None:
@@ -34,17 +36,16 @@ def _ints(text: str) -> list[int]:
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Bundle directory, or a checkpoint "
                                          "(.safetensors) to export first. Default: the packaged demo model."),
-    backends: Optional[str] = typer.Option(None, help="Comma-separated: onnxruntime,tensorrt,torch. "
+    backends: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(backend_names())}. "
                                            "Default: every backend available here."),
-    precisions: Optional[str] = typer.Option(None, help="Comma-separated: fp32,fp16,int8. "
+    precisions: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(PRECISIONS)}. "
                                              "Default: every precision each backend can run."),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
     data: Optional[Path] = typer.Option(None, help="Labelled set (NIH layout, NIH CSV or CheXpert) for accuracy. "
                                         "Default: synthetic labelled X-rays."),
     split: str = typer.Option("test", help="Split of --data to evaluate (ImageSets/Main/<split>.txt)."),
     samples: Optional[Path] = typer.Option(None, help="Folder of real X-rays for the end-to-end timing "
-                                           "and the overlays. Default: ../shared/data/nih-samples/images "
-                                           "beside the checkout if present, else synthetic images."),
+                                           "and the overlays. Default: images of the labelled set."),
     warmup: int = typer.Option(3, help="Untimed calls before each measurement."),
     iterations: Optional[int] = typer.Option(None, help="Timed calls per measurement."),
     seconds: Optional[float] = typer.Option(None, help="Time each measurement for this long instead. "
@@ -55,11 +56,16 @@ def bench(
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate only the first N labelled images."),
     synthetic_count: int = typer.Option(48, help="Synthetic labelled images when no --data."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: the cores this process may use)."),
-    auc_budget: float = typer.Option(0.005, help="Largest mean AUC drop allowed against fp32."),
-    tiou_budget: float = typer.Option(0.01, help="Largest T(IoU=0.3) drop allowed against fp32."),
+    max_auc_drop: float = typer.Option(Budget.max_mean_auc_drop, "--max-auc-drop",
+                                       help="Largest mean AUC drop allowed against fp32."),
+    max_tiou_drop: float = typer.Option(Budget.max_tiou_drop, "--max-tiou-drop",
+                                        help="Largest T(IoU=0.3) drop allowed against fp32."),
+    auc_budget: Optional[float] = typer.Option(None, "--auc-budget", hidden=True),  # old names
+    tiou_budget: Optional[float] = typer.Option(None, "--tiou-budget", hidden=True),
     name: Optional[str] = typer.Option(None, help="Name of the model in the report."),
     cache_dir: Optional[Path] = typer.Option(None, help="Where exported bundles and synthetic data "
-                                             "are kept between runs. Default: ~/.cache/hamedge."),
+                                             "are kept between runs. Default: $HAMEDGE_CACHE, "
+                                             "else ~/.cache/hamedge."),
     compare: Optional[Tuple[Path, Path]] = typer.Option(None, "--compare", help="Compare two results.json "
                                                         "files (A B): what got faster or slower.",
                                                         show_default=False),
@@ -93,7 +99,9 @@ def bench(
         batch_sizes=_ints(batch_sizes), data=data, split=split, samples=samples, warmup=warmup,
         iterations=iterations, seconds=seconds, out=out, accuracy=accuracy, eval_limit=eval_limit,
         synthetic_count=synthetic_count, threads=threads,
-        budget={"mean_auc_drop": auc_budget, "tiou_0.3_drop": tiou_budget}, model_name=name, cache_dir=cache_dir)
+        budget=Budget(max_mean_auc_drop=max_auc_drop if auc_budget is None else auc_budget,
+                      max_tiou_drop=max_tiou_drop if tiou_budget is None else tiou_budget),
+        model_name=name, cache_dir=cache_dir)
     results = run_bench(opts, log=lambda text: console.print(text, highlight=False))
     paths = write_outputs(results, out)
     console.print()

@@ -53,9 +53,11 @@ def export(
     workspace_mib: int = typer.Option(_Defaults.workspace_mib, "--workspace-mib", help="TensorRT workspace limit."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson DLA core to build for."),
     fused_plugin: bool = typer.Option(False, "--fused-plugin",
-                                      help="Also write model.plugin.onnx (fused refinement plugin)."),
-    torch_tensorrt: bool = typer.Option(False, "--torch-tensorrt",
-                                        help="Also compile with torch-tensorrt (if installed)."),
+                                      help="Also write model.plugin.onnx (fused refinement plugin) "
+                                           "and, with --engine, build fp16/fp32 engines with it."),
+    plugin_library: Optional[Path] = typer.Option(
+        None, "--plugin-library", help="The C++ FusedRefine plugin library for those engines "
+                                       "(default: $HAMEDGE_FUSED_PLUGIN_LIB, else tensorrt.plugin)."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle: ONNX, INT8, TensorRT engines."""
     from hamedge.export import ExportOptions, export_bundle
@@ -68,5 +70,5 @@ def export(
         engine_precisions=tuple(engine_precision) if engine_precision else None,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mib=workspace_mib, dla_core=dla_core, fused_plugin=fused_plugin,
-        torch_tensorrt=torch_tensorrt)
+        plugin_library=plugin_library)
     export_bundle(checkpoint, opts, log=lambda line: typer.echo(line, err=True))

@@ -1,7 +1,8 @@
 """`hamedge infer`: batched inference over files and folders with heatmaps, resumable.
 
-Exit codes: 0 every input was read and run; 1 some inputs failed (each is a row with status
-"error" and a reason); 2 a fatal or usage error (bad model, bad options, nothing to do).
+Exit codes: 0 every input was read and run, or refused by the input gate (a row with status
+"refused" and a reason); 1 some inputs failed (each is a row with status "error" and a reason);
+2 a fatal or usage error (bad model, bad options, nothing to do).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 
 from hamedge.cli.app import app
 from hamedge.errors import HamedgeError
+from hamedge.runtime.registry import help_text as backend_help, precision_help
 
 DEFAULT_OUT = "hamedge-out"
 
@@ -43,9 +45,9 @@ def infer(
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help=f"Results folder (default ./{DEFAULT_OUT}; with --json "
                                             "and no --out nothing is written)."),
-    backend: str = typer.Option("auto", help="auto | onnxruntime | tensorrt | torch"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: the backend's choice)"),
+    backend: str = typer.Option("auto", help=backend_help()),
+    precision: str = typer.Option("fp32", help=precision_help()),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | gpu (default: the backend's choice)"),
     batch: int = typer.Option(8, "--batch", "-b", help="Images per batch (the last may be smaller)."),
     workers: Optional[int] = typer.Option(None, help="Reader threads (reading + preprocessing); "
                                                      "default: one per usable core."),
@@ -64,22 +66,37 @@ def infer(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Start afresh instead of resuming the results in --out."),
+    accept_any: bool = typer.Option(False, "--accept-any",
+                                    help="Turn the input gate off: run every image, also those "
+                                         "that are not frontal chest radiographs (research use)."),
+    accept_secondary_capture: bool = typer.Option(
+        False, "--accept-secondary-capture",
+        help="Let DICOM Secondary Capture objects through the gate (its other rules still apply)."),
+    dicom_out: Optional[Path] = typer.Option(
+        None, "--dicom-out",
+        help="For DICOM inputs, also write a Structured Report (TID 1500: findings, "
+             "probabilities, boxes) and a Secondary Capture of the heatmap overlay here."),
 ) -> None:
     """Run a model over X-ray files; write results.csv, results.jsonl and heatmaps.
 
-    A bad file becomes a row with status 'error' and a reason; the run goes on. Run again with the same --out to finish an interrupted run (--overwrite starts afresh).
+    A bad file becomes a row with status 'error' and a reason; the run goes on. A file that is not a frontal chest radiograph (DICOM header: modality, SOP class, body part, view...) becomes a row with status 'refused' and the reason, unless --accept-any. Run again with the same --out to finish an interrupted run (--overwrite starts afresh).
 
-    Exit codes: 0 all inputs ok, 1 some inputs failed, 2 fatal or usage error.
+    Exit codes: 0 all inputs ok or refused, 1 some inputs failed, 2 fatal or usage error.
     """
     from rich.console import Console
 
     from hamedge.api import resolve_bundle
     from hamedge.pipeline import InferOptions, model_id, run_inference
+    from hamedge.pipeline.run import usable_ood
     from hamedge.runtime import open_backend
+
+    from hamedge.gate import GateSettings
 
     options = InferOptions(batch=batch, workers=workers, writers=writers,
                            reduced_decode=reduced_decode, glob=glob, heatmaps=heatmaps,
-                           all_heatmaps=all_heatmaps, overwrite=overwrite)
+                           all_heatmaps=all_heatmaps, overwrite=overwrite,
+                           gate=GateSettings(accept_any, accept_secondary_capture),
+                           dicom_out=dicom_out)
     options.validate()
     if out is None and not json_out:
         out = Path(DEFAULT_OUT)
@@ -88,9 +105,11 @@ def infer(
     if missing:  # before resolve_bundle, which may export the demo model first
         raise HamedgeError(f"{missing[0]}: no such file or folder")
     bundle = resolve_bundle(model)
-    # spinning=False: ONNX Runtime's idle threads must not spin on the cores the readers and the
-    # heatmap writers need (no effect on the other backends)
-    with open_backend(bundle, backend, precision, device, spinning=False) as runner:
+    with open_backend(bundle, backend, precision, device, use="throughput") as runner:
+        if backend == "auto" and not quiet:
+            console.print(f"backend: {runner.description} ({runner.selection_reason})",
+                          highlight=False, soft_wrap=True)
+        ood = usable_ood(bundle, runner) if options.gate.enabled else None
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:
@@ -106,9 +125,10 @@ def infer(
                     bar.update(task, completed=done, total=total)
 
                 summary = run_inference(paths, runner, out, options, model_id(bundle),
-                                        on_progress, on_record)
+                                        on_progress, on_record, ood)
         else:
-            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record)
+            summary = run_inference(paths, runner, out, options, model_id(bundle), None, on_record,
+                                    ood)
     if not quiet:
         console.print(summary.line(), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)

@@ -1,5 +1,6 @@
 """The `hamedge export` flow: checkpoint -> a verified bundle (ONNX, parity with torch, optional
-INT8 Q/DQ graphs with their accuracy guard, optional TensorRT engines and torch-tensorrt).
+INT8 Q/DQ graphs with their accuracy guard, the static TensorRT parser check, optional TensorRT
+engines).
 
 It orchestrates the layers below it and decides nothing they own: the graph is
 hamedge.model.graph's, the numbers of parity are hamedge.compare's, INT8 is calibration's, engines
@@ -112,6 +113,11 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
                                      method=opts.method, budget=budget,
                                      max_rounds=opts.max_rounds, log=log)
             writer.write_json(CALIBRATION_FILE, calibration)
+        ood = _ood_model(spec, exported, opts, calib_set, log)
+        if ood is not None:
+            from hamedge.ood import OOD_FILE
+
+            writer.write_json(OOD_FILE, ood.to_dict())
         if opts.fused_plugin:  # TensorRT only; its attention_maps are refined (S x S)
             from hamedge.kernels.onnx_plugin import add_fused_plugin_node
 
@@ -119,6 +125,7 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             writer.write_bytes(PLUGIN_GRAPH, plugin.SerializeToString())
             log(f"fused plugin: {PLUGIN_GRAPH} written (hamedge::FusedRefine node; TensorRT "
                 "with the plugin loaded only)")
+        tensorrt_compat = _tensorrt_compat(writer, log)
         provenance = {
             "checkpoint": ckpt.name,
             "checkpoint_sha256": ckpt_sha,
@@ -131,9 +138,11 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
             "plugin_graph": {"file": PLUGIN_GRAPH, "heatmaps": "refined",
                              "op": "hamedge::FusedRefine"} if writer.path(PLUGIN_GRAPH).exists()
             else None,
+            "ood": None if ood is None else ood.describe(),
             "int8": None if calibration is None else {
                 "method": calibration["method"], "passed": calibration["passed"],
                 "excluded_nodes": len(calibration["excluded_nodes"])},
+            "tensorrt_compat": tensorrt_compat,
         }
         writer.write_spec(spec, exported.graph, provenance)
         bundle = writer.commit()
@@ -141,9 +150,60 @@ def export_bundle(checkpoint: Any, opts: ExportOptions, log=print):
         f"{time.perf_counter() - start:.1f} s")
     if opts.engine:
         _engines(bundle, opts, log)
-    if opts.torch_tensorrt:
-        _torch_tensorrt(bundle, model, opts, log)
     return bundle
+
+
+def _ood_model(spec: ModelSpec, exported, opts: ExportOptions, calib_set, log):
+    """The out-of-distribution model of the input gate (hamedge.ood), from the fp32 graph's
+    attention maps: statistics of the calibration images (the INT8 set; else --calib; else, for
+    a model of synthetic classes, synthetic radiographs), threshold on held-out in-distribution
+    images (synthetic ones of another seed; for a folder of the user's, its last third, kept out
+    of the statistics). None, with a line, when there are no in-distribution images."""
+    from hamedge import ood
+    from hamedge.calibration.data import SYNTH_CALIB_SEED, SYNTH_VAL_SEED, load_calibration_set
+    from hamedge.compare import run_onnx
+    from hamedge.synth import SYNTH_CLASSES
+
+    channels = exported.graph.input_channels
+    synthetic = tuple(spec.class_names) == tuple(SYNTH_CLASSES)
+    if opts.calib is not None:
+        if calib_set is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                calib_set = load_calibration_set(opts.calib, spec, channels, opts.calib_count,
+                                                 opts.calib_seed)
+        inputs = calib_set.inputs
+        cut = len(inputs) - len(inputs) // 3
+        fit_inputs, held_inputs = inputs[:cut], inputs[cut:]
+        source = f"{opts.calib}: {cut} images for the statistics, {len(inputs) - cut} held out"
+    elif synthetic:
+        fit_inputs = calib_set.inputs if calib_set is not None else \
+            _synthetic_inputs(spec, channels, opts.calib_count, SYNTH_CALIB_SEED)
+        held_inputs = _synthetic_inputs(spec, channels, opts.val_count, SYNTH_VAL_SEED)
+        source = (f"hamedge.synth: seed {SYNTH_CALIB_SEED} ({len(fit_inputs)} images) for the "
+                  f"statistics, seed {SYNTH_VAL_SEED} ({len(held_inputs)}) held out")
+    else:
+        log("out-of-distribution gate: no in-distribution images for this model (pass --calib "
+            "DIR of its X-rays); files without DICOM tags will not be checked")
+        return None
+
+    graph = exported.model.SerializeToString()
+
+    def maps(inputs):
+        return np.concatenate([run_onnx(graph, inputs[i:i + 64])["attention_maps"]
+                               for i in range(0, len(inputs), 64)])
+
+    try:
+        model = ood.fit(maps(fit_inputs), maps(held_inputs), source=source, graph="fp32",
+                        heatmaps=exported.graph.heatmaps)
+    except ValueError as exc:
+        log(f"out-of-distribution gate: not made ({exc})")
+        return None
+    log(f"out-of-distribution gate: {model.info['fit_images']} images for the statistics, "
+        f"threshold {model.threshold:.1f} refuses {model.info['heldout_refused']:.1%} of "
+        f"{model.info['heldout_images']} held-out images (target "
+        f"{model.info['target_false_refusals']:.0%})")
+    return model
 
 
 def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: str, log):
@@ -198,32 +258,59 @@ def _int8_inputs(spec: ModelSpec, channels: int, opts: ExportOptions, scratch: s
     return calib_set, val_set, opts_info
 
 
+def _tensorrt_compat(writer, log) -> dict:
+    """Each TensorRT graph of the bundle against the ONNX parsers of TensorRT 8.5, 10.3 and 11
+    (hamedge.trt.compat), printed per version; the result goes into spec.json."""
+    from hamedge.bundle import FP32_GRAPH, INT8_GRAPHS, PLUGIN_GRAPH
+    from hamedge.trt.compat import check_graphs, summary_lines
+
+    paths = [writer.path(rel) for rel in (FP32_GRAPH, INT8_GRAPHS["tensorrt"], PLUGIN_GRAPH)
+             if writer.path(rel).exists()]
+    results = check_graphs(paths)
+    for line in summary_lines(results):
+        log(line)
+    return results
+
+
 def _engines(bundle, opts: ExportOptions, log) -> None:
     from hamedge.errors import BackendUnavailable
     from hamedge.trt import build_engine
 
-    for precision in opts.engines_to_build():
+    jobs = [(precision, None) for precision in opts.engines_to_build()]
+    if opts.fused_plugin and bundle.plugin_graph_path is not None:
+        kind = _fused_plugin_kind(opts.plugin_library)
+        if kind is None:
+            log("engine with the fused plugin: not built (neither tensorrt.plugin with Triton nor "
+                "the plugin library is available here; see hamedge/kernels/csrc/README.md)")
+        else:
+            jobs += [(p, kind) for p in opts.engines_to_build() if p in ("fp32", "fp16")]
+    for precision, plugin in jobs:
+        label = f"{precision}{' + fused plugin (' + plugin + ')' if plugin else ''}"
         if precision == "int8" and "int8" not in bundle.precisions:
             log("engine int8: skipped (bundle has no INT8 graph; export with --int8)")
             continue
         try:
             record = build_engine(bundle, precision=precision, min_batch=opts.min_batch,
                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch,
-                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core)
+                                  workspace_mib=opts.workspace_mib, dla_core=opts.dla_core,
+                                  fused_plugin=plugin, plugin_library=opts.plugin_library)
         except BackendUnavailable as exc:
-            log(f"engine {precision}: not built: {exc} (the rest of the bundle is complete)")
-            return
-        log(f"engine {precision}: engines/{record.plan}")
+            log(f"engine {label}: not built: {exc} (the rest of the bundle is complete)")
+            if plugin is None:
+                return
+            continue
+        log(f"engine {label}: engines/{record.plan}")
 
 
-def _torch_tensorrt(bundle, model, opts: ExportOptions, log) -> None:
+def _fused_plugin_kind(library) -> str | None:
+    """Which form of hamedge::FusedRefine an engine can be built with here: the C++ library when
+    one is given or found, else the tensorrt.plugin definition, else None."""
     from hamedge.errors import BackendUnavailable
-    from hamedge.export.torch_trt import compile_to_bundle
+    from hamedge.kernels import trt_plugin
 
     try:
-        record = compile_to_bundle(bundle, model, min_batch=opts.min_batch,
-                                   opt_batch=opts.opt_batch, max_batch=opts.max_batch)
-    except BackendUnavailable as exc:
-        log(f"torch-tensorrt: not built: {exc}")
-        return
-    log(f"torch-tensorrt: engines/{record.plan}")
+        trt_plugin.library_path(library)
+        return "library"
+    except BackendUnavailable:
+        pass
+    return "python" if trt_plugin.plugin_available()[0] else None

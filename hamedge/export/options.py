@@ -3,7 +3,7 @@
 Every option is validated by ``ExportOptions.validate()`` (export_bundle calls it first), so a bad
 value is one line naming the option, never a failure after minutes of calibration. Allowed values
 come from the layer that owns them: calibration methods and the smallest calibration set from
-calibration, opsets and precisions from hamedge.bundle, batch profiles from hamedge.trt.naming.
+calibration, opsets and precisions from hamedge.bundle, batch profiles from hamedge.trt.engines.
 Torch-free: the CLI reads the defaults from here.
 """
 
@@ -55,7 +55,7 @@ class ExportOptions:
     workspace_mib: int = 2048
     dla_core: int | None = None
     fused_plugin: bool = False
-    torch_tensorrt: bool = False
+    plugin_library: Any = None  # the C++ FusedRefine library; None: $HAMEDGE_FUSED_PLUGIN_LIB
 
     def validate(self) -> None:
         """Raise ExportOptionError (one line, naming the option) on the first value that cannot
@@ -63,7 +63,7 @@ class ExportOptions:
         from hamedge.calibration.data import MIN_IMAGES
         from hamedge.calibration.quantize import METHODS
         from hamedge.bundle import PRECISIONS
-        from hamedge.trt.naming import BatchProfile
+        from hamedge.trt.engines import DLA_PRECISIONS, BatchProfile
 
         for f in fields(self):
             value = getattr(self, f.name)
@@ -97,6 +97,11 @@ class ExportOptions:
         _int("workspace_mib", self.workspace_mib, 1)
         if self.dla_core is not None:
             _int("dla_core", self.dla_core, 0)
+            if self.engine and any(p not in DLA_PRECISIONS for p in precisions):
+                raise ExportOptionError("--dla-core builds fp16 or int8 engines only (DLA has no "
+                                        "fp32); pass --engine-precision fp16 or int8")
+        if self.plugin_library is not None and not Path(self.plugin_library).is_file():
+            raise ExportOptionError(f"--plugin-library {self.plugin_library} is not a file")
         if self.int8 and self.calib is not None:
             _folder("calib", self.calib)
         if self.int8 and self.guard and self.val is not None:

@@ -9,16 +9,20 @@ Everything is imported lazily: importing this module needs neither TensorRT nor 
 ``register()`` defines the plugin once, in the process that builds or runs the engine. Do not
 also load the C++ plugin library (hamedge/kernels/csrc) there: both claim hamedge::FusedRefine v1.
 
+No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the definitions' type
+hints with ``inspect.signature()`` and calls ``issubclass()`` on them (plugin/_validate.py,
+NVIDIA/TensorRT release/10.6 to 11.1), which fails on the strings that import would make of them.
+
 Note on the AOT path: Triton >= 3.3 appends scratch-buffer pointer parameters to every kernel;
 the kernel here needs no scratch memory, so they are never read, but TensorRT passes only
 (inputs, extra ints, outputs). Check ``compile_ptx(...)[3]`` (the parameter count) against 3
 when changing the Triton version, and prefer the C++ plugin where in doubt.
 """
 
-from __future__ import annotations
-
 import importlib.util
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Optional, Tuple
 
 PLUGIN_ID = "hamedge::FusedRefine"
 MIN_TRT = (10, 6)
@@ -35,7 +39,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def plugin_available() -> tuple[bool, str]:
+def plugin_available() -> Tuple[bool, str]:
     """(True, "") when the Python plugin can be defined here, else (False, reason)."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "TensorRT is not installed"
@@ -50,7 +54,7 @@ def plugin_available() -> tuple[bool, str]:
     return True, ""
 
 
-def aot_available() -> tuple[bool, str]:
+def aot_available() -> Tuple[bool, str]:
     ok, why = plugin_available()
     if not ok:
         return ok, why
@@ -62,8 +66,8 @@ def aot_available() -> tuple[bool, str]:
 
 
 def compile_ptx(h: int, w: int, H: int, W: int, gain: float, center: float, n_maps_hint: int = 480,
-                in_dtype: str = "fp32", out_dtype: str = "fp32", capability: int | None = None
-                ) -> tuple[str, str, dict, int, int]:
+                in_dtype: str = "fp32", out_dtype: str = "fp32", capability: Optional[int] = None
+                ) -> Tuple[str, str, dict, int, int]:
     """Compile the Triton kernel for one shape to PTX.
 
     Returns (kernel name, PTX, metadata {num_warps, shared}, number of kernel parameters in the
@@ -103,13 +107,28 @@ def register() -> None:
         from hamedge.errors import BackendUnavailable
 
         raise BackendUnavailable(f"FusedRefine TensorRT plugin: {why}")
-    _define()
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+
+    define(trtp, trt, aot=aot_available()[0])
     _REGISTERED = True
 
 
-def _define() -> None:  # pragma: no cover - needs TensorRT
-    import tensorrt as trt
-    import tensorrt.plugin as trtp
+def static_dim(expr, what: str) -> int:
+    """A build-time constant dimension of a ``tensorrt.plugin`` ShapeExpr.
+
+    ShapeExpr has no ``__int__``: its value is ``constant_value()`` once ``is_constant`` (a
+    property) says it is one (plugin/_tensor.py, NVIDIA/TensorRT release/10.9 to 11.1)."""
+    if isinstance(expr, int):
+        return expr
+    if getattr(expr, "is_fake", False) or not expr.is_constant:
+        raise ValueError(f"FusedRefine needs a static {what}; the graph gives a dynamic one")
+    return int(expr.constant_value())
+
+
+def define(trtp, trt, aot: bool) -> None:
+    """Define hamedge::FusedRefine with the given ``tensorrt.plugin`` module (the real one in
+    ``register()``; tests pass NVIDIA's package over a stand-in tensorrt core)."""
 
     @trtp.register(PLUGIN_ID)
     def fused_refine_desc(cams: trtp.TensorDesc, H: int, W: int, gain: float, center: float,
@@ -119,16 +138,16 @@ def _define() -> None:  # pragma: no cover - needs TensorRT
         out.shape_expr[3] = W
         return out
 
-    if aot_available()[0]:
+    if aot:
         @trtp.aot_impl(PLUGIN_ID)
         def fused_refine_aot(cams: trtp.TensorDesc, H: int, W: int, gain: float, center: float,
-                             zero_range: float, outputs: tuple[trtp.TensorDesc], tactic: int
-                             ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams,
-                                        trtp.SymExprs]:
+                             zero_range: float, outputs: Tuple[trtp.TensorDesc], tactic: int
+                             ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymIntExprs]:
             import torch
 
             dtype = "fp16" if cams.dtype == trt.float16 else "fp32"
-            h, w = int(cams.shape_expr[2]), int(cams.shape_expr[3])  # static in HAM graphs
+            h = static_dim(cams.shape_expr[2], "map height")  # static in HAM graphs
+            w = static_dim(cams.shape_expr[3], "map width")
             cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
             name, ptx, meta, _, parts = compile_ptx(
                 h, w, H, W, gain, center, in_dtype=dtype, out_dtype=dtype,
@@ -145,7 +164,7 @@ def _define() -> None:  # pragma: no cover - needs TensorRT
 
     @trtp.impl(PLUGIN_ID)
     def fused_refine_jit(cams: trtp.Tensor, H: int, W: int, gain: float, center: float,
-                         zero_range: float, outputs: tuple[trtp.Tensor], stream: int) -> None:
+                         zero_range: float, outputs: Tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
         from hamedge.kernels.triton_refine import triton_refine
@@ -155,6 +174,45 @@ def _define() -> None:  # pragma: no cover - needs TensorRT
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             y.copy_(triton_refine(x, H, W, gain, center, y.dtype, zero_range))
 
+
+# -- loading the plugin before a build or a deserialise ------------------------------------------
+LIBRARY_ENV = "HAMEDGE_FUSED_PLUGIN_LIB"
+LIBRARY_NAME = "libhamedge_fused_refine.so"
+
+
+def library_path(explicit=None) -> Path:
+    """The C++ plugin library: ``explicit``, else $HAMEDGE_FUSED_PLUGIN_LIB, else the CMake build
+    folder beside its sources (hamedge/kernels/csrc/build)."""
+    candidates = [explicit, os.environ.get(LIBRARY_ENV),
+                  Path(__file__).resolve().parent / "csrc" / "build" / LIBRARY_NAME]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    from hamedge.errors import BackendUnavailable
+
+    raise BackendUnavailable(f"the FusedRefine plugin library ({LIBRARY_NAME}) was not found; "
+                             f"build it (hamedge/kernels/csrc/README.md) and set {LIBRARY_ENV}")
+
+
+def load(kind: str, trt, library=None) -> str:
+    """Make hamedge::FusedRefine known to TensorRT in this process: ``kind`` "python" defines the
+    tensorrt.plugin version, "library" loads the C++ IPluginV3 library into the plugin registry
+    (IPluginRegistry::loadLibrary, TensorRT >= 10.0). Returns what was loaded, for the record."""
+    from hamedge.errors import BackendUnavailable
+
+    if kind == "python":
+        register()
+        return "python"
+    if kind != "library":
+        raise ValueError(f"unknown plugin kind {kind!r}")
+    path = library_path(library)
+    registry = trt.get_plugin_registry()
+    if not hasattr(registry, "load_library"):
+        raise BackendUnavailable(f"TensorRT {trt.__version__} cannot load the IPluginV3 "
+                                 "FusedRefine library (it needs TensorRT 10.x or later)")
+    if registry.load_library(str(path)) is None:
+        raise BackendUnavailable(f"TensorRT could not load {path}")
+    return str(path)
 
 
 def describe() -> dict[str, Any]:

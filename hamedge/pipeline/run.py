@@ -30,10 +30,11 @@ from typing import Callable
 import numpy as np
 
 from hamedge.errors import DataError, HamedgeError
+from hamedge.gate import OFF, GateSettings
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
-from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, ResultsStore
+from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, ResultsStore
 # the cores this process may use: also what ONNX Runtime's intra-op threads default to
 from hamedge.runtime.onnxruntime import cpu_count as usable_cores
 
@@ -53,6 +54,8 @@ class InferOptions:
     all_heatmaps: bool = False
     overwrite: bool = False
     colormap: str = "jet"
+    gate: GateSettings = field(default_factory=GateSettings)
+    dicom_out: str | os.PathLike | None = None  # folder for DICOM SR + Secondary Capture results
 
     def validate(self) -> None:
         if self.batch < 1:
@@ -66,6 +69,9 @@ class InferOptions:
         if self.reduced_decode and self.heatmaps == "overlay":
             raise HamedgeError("--reduced-decode needs --heatmaps png, npy or none (an overlay is "
                                "drawn on the fully decoded image)")
+        if self.dicom_out is not None and Path(self.dicom_out).exists() \
+                and not Path(self.dicom_out).is_dir():
+            raise HamedgeError(f"--dicom-out {self.dicom_out} exists and is not a folder")
 
 
 # A reduced JPEG decode keeps both sides at least this many times the model's input, so the
@@ -78,6 +84,7 @@ class RunSummary:
     found: int = 0
     already_done: int = 0
     ok: int = 0
+    refused: int = 0  # refused by the input gate (hamedge.gate): not errors
     failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     failed_total: int = 0  # error rows in the store, this run and earlier ones
@@ -87,7 +94,7 @@ class RunSummary:
 
     @property
     def processed(self) -> int:
-        return self.ok + self.failed
+        return self.ok + self.refused + self.failed
 
     @property
     def images_per_second(self) -> float:
@@ -101,7 +108,7 @@ class RunSummary:
         parts = [f"{self.found} input(s)"]
         if self.already_done:
             parts.append(f"{self.already_done} already done")
-        parts.append(f"{self.ok} ok, {self.failed} failed")
+        parts.append(f"{self.ok} ok, {self.refused} refused, {self.failed} failed")
         skipped = sum(self.skipped.values())
         if skipped:
             what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in self.skipped.items() if n)
@@ -111,6 +118,9 @@ class RunSummary:
             text += f"; results in {self.out_dir}"
         if self.failed_total:
             text += f" ({self.failed_total} error row(s), see the status and reason columns)"
+        if self.refused:
+            text += (f"; {self.refused} refused by the input gate (not what the model was made "
+                     "for; reasons in the reason column, --accept-any runs them)")
         return text
 
 
@@ -122,6 +132,9 @@ class _Item:
     image: np.ndarray | None = None  # kept only when an overlay needs it
     size: tuple[int, int] = (0, 0)
     error: str | None = None
+    refused: str | None = None  # the gate's reason
+    gate: dict | None = None  # the gate's verdict and the tags it used
+    header: object | None = None  # the DICOM header (no pixels), kept only for --dicom-out
 
 
 def discover(inputs, glob: str | None = None) -> tuple[list[Path], dict[str, int]]:
@@ -181,6 +194,35 @@ def model_id(bundle) -> str:
     return digest.hexdigest()
 
 
+def usable_ood(bundle, backend):
+    """The bundle's out-of-distribution model when it fits the graph this backend runs (its
+    statistics are of raw or of refined maps), else None."""
+    from hamedge.ood import load
+
+    model = load(bundle)
+    kind = "refined" if backend.heatmaps_refined else "raw"
+    if model is None or model.info.get("heatmaps", "raw") != kind:
+        return None
+    return model
+
+
+def apply_ood(gate: dict, distance: float, ood) -> str:
+    """Record the out-of-distribution distance in a gate verdict; a file without tags becomes
+    accepted or refused by it. Returns the refusal's reason, or ''."""
+    from hamedge.gate import ACCEPTED, REFUSED, UNTAGGED
+
+    gate["ood_distance"] = round(distance, 3)
+    gate["ood_threshold"] = round(ood.threshold, 3)
+    if gate.get("verdict") != UNTAGGED:  # DICOM: its tags decided; the distance is information
+        return ""
+    if distance > ood.threshold:
+        gate["verdict"] = REFUSED
+        gate["reason"] = ood.reason(distance)
+        return gate["reason"]
+    gate["verdict"] = ACCEPTED
+    return ""
+
+
 def _error_line(exc: BaseException, path: Path) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     prefix = f"{path}: "
@@ -197,12 +239,15 @@ def _error_line(exc: BaseException, path: Path) -> str:
 
 def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: InferOptions,
                   model_key: str = "", on_progress: Callable[[int, int], None] | None = None,
-                  on_record: Callable[[dict], None] | None = None) -> RunSummary:
+                  on_record: Callable[[dict], None] | None = None, ood=None) -> RunSummary:
     """Run every image under ``inputs`` through an open ``backend``.
 
     ``out_dir`` None writes no files (for --json piping). ``on_progress(done, total)`` is called
-    by the writer as rows land; ``on_record(record)`` gets every row's JSON record.
+    by the writer as rows land; ``on_record(record)`` gets every row's JSON record. ``ood`` (the
+    bundle's hamedge.ood.OODModel, see usable_ood) scores files without DICOM tags; unused when
+    the gate is off.
     """
+    from hamedge.gate import check_file
     from hamedge.io import image_size, read_image
     from hamedge.preprocess import preprocess
 
@@ -220,7 +265,10 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         manifest = {"model_id": model_key, "classes": list(spec.class_names),
                     "precision": backend.precision,
                     "options": {"backend": backend.name, "heatmaps": options.heatmaps,
-                                "all_heatmaps": options.all_heatmaps, "glob": options.glob}}
+                                "all_heatmaps": options.all_heatmaps, "glob": options.glob},
+                    "gate": {**options.gate.to_dict(),
+                             "ood": ood.describe() if ood is not None and options.gate.enabled
+                             else None}}
         store = ResultsStore(out_dir, manifest, spec.class_names, overwrite=options.overwrite)
     try:
         done = store.done if store is not None else {}
@@ -233,22 +281,40 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         reduce_to = REDUCED_DECODE_FACTOR * spec.input_size if options.reduced_decode else None
         workers = options.workers or usable_cores()
 
+        read_headers = options.gate.enabled or options.dicom_out is not None
+
         def load(path: Path, key: str) -> _Item:
             item = _Item(path, key)
             try:
+                if read_headers:  # the gate decides before any pixel is decoded
+                    verdict, header = check_file(path, options.gate)
+                    item.gate = verdict.to_dict()
+                    if verdict.refused:
+                        item.refused = verdict.reason
+                        return item
+                    if options.dicom_out is not None:
+                        item.header = header
+                else:
+                    item.gate = {"verdict": OFF}
                 image = read_image(path, reduce_to)
                 item.size = (int(image.shape[0]), int(image.shape[1]))
                 if reduce_to:  # boxes and heatmaps are at the file's full size
                     item.size = image_size(path) or item.size
                 item.tensor = preprocess(image, spec, channels)
-                if keep_image:
+                if keep_image or item.header is not None:  # overlays, DICOM Secondary Capture
                     item.image = image
             except Exception as exc:  # any failure of one file is that file's error row
                 item.error = _error_line(exc, path)
             return item
 
+        device = None
+        if options.dicom_out is not None:
+            from hamedge.dicom_out import Device, require_highdicom
+
+            require_highdicom()
+            device = Device(f"HAM {spec.arch}", model_key)
         writer = _Writer(store, spec, options, stems, write_maps, on_record, on_progress,
-                         len(todo), summary)
+                         len(todo), summary, device, ood if options.gate.enabled else None)
         writer.start()
         start = time.perf_counter()
         try:
@@ -277,7 +343,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                         break
                     item = pending.popleft().result()
                     writer.check()
-                    if item.error is not None:
+                    if item.error is not None or item.refused is not None:
                         writer.put([item], None)
                         continue
                     batch.append(item)
@@ -301,12 +367,12 @@ class _Writer(threading.Thread):
     """Turns (items, outputs) into records, heatmap files and durable rows, off the hot path."""
 
     def __init__(self, store, spec, options, stems, write_maps, on_record, on_progress, total,
-                 summary) -> None:
+                 summary, device=None, ood=None) -> None:
         super().__init__(name="hamedge-writer", daemon=True)
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.store, self.spec, self.options, self.stems = store, spec, options, stems
         self.write_maps, self.on_record, self.on_progress = write_maps, on_record, on_progress
-        self.total, self.summary = total, summary
+        self.total, self.summary, self.device, self.ood = total, summary, device, ood
         self.error: BaseException | None = None
         self.count = 0
         threads = options.writers or usable_cores()
@@ -357,24 +423,47 @@ class _Writer(threading.Thread):
         records = []
         if raw is None:
             for item in items:
-                records.append({"path": item.key, "status": STATUS_ERROR, "reason": item.error})
+                if item.refused is not None:
+                    record = {"path": item.key, "status": STATUS_REFUSED, "reason": item.refused}
+                else:
+                    record = {"path": item.key, "status": STATUS_ERROR, "reason": item.error}
+                if item.gate is not None:
+                    record["gate"] = item.gate
+                records.append(record)
         else:
             preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
                                              [i.key for i in items])
-            written = [None] * len(items)
+            distances = self.ood.distances(raw.attention_maps) if self.ood is not None else None
+            refusals = [apply_ood(item.gate, float(distances[index]), self.ood)
+                        if distances is not None and item.gate is not None else None
+                        for index, item in enumerate(items)]
+            written: list = [None] * len(items)
             if self.write_maps:  # in parallel; the rows below stay in order
+                kept = [index for index, refused in enumerate(refusals) if not refused]
                 run = self.pool.map if self.pool is not None else map
-                written = list(run(self._write_heatmaps, items, preds))
-            for item, pred, maps in zip(items, preds, written):
+                for index, maps in zip(kept, run(lambda i: self._write_heatmaps(items[i], preds[i]), kept)):
+                    written[index] = maps
+            for index, (item, pred) in enumerate(zip(items, preds)):
+                if refusals[index]:
+                    records.append({"path": item.key, "status": STATUS_REFUSED,
+                                    "reason": refusals[index], "gate": item.gate})
+                    item.image = item.header = None
+                    continue
                 record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
                 record["path"] = item.key
-                if maps is not None:
-                    record["heatmaps"] = maps
+                if item.gate is not None:
+                    record["gate"] = item.gate
+                if written[index] is not None:
+                    record["heatmaps"] = written[index]
+                if item.header is not None:
+                    self._write_dicom(item, pred, record)
                 records.append(record)
-                item.image = None
+                item.image = item.header = None
         for record in records:
             if record["status"] == STATUS_OK:
                 self.summary.ok += 1
+            elif record["status"] == STATUS_REFUSED:
+                self.summary.refused += 1
             else:
                 self.summary.failed += 1
         if self.store is not None:
@@ -385,6 +474,23 @@ class _Writer(threading.Thread):
         self.count += len(records)
         if self.on_progress is not None:
             self.on_progress(self.count, self.total)
+
+    def _write_dicom(self, item, pred, record) -> None:
+        """SR + overlay Secondary Capture for a DICOM input. A source header highdicom cannot
+        build objects from turns the row into an error (the user asked for DICOM results); a
+        failing disk stops the run, as for every other file."""
+        from hamedge.dicom_out import write_results
+
+        try:
+            written = write_results(self.options.dicom_out, self.stems[item.key], item.header,
+                                    pred, item.image, self.device, self.options.colormap)
+        except OSError:
+            raise
+        except Exception as exc:
+            record["status"] = STATUS_ERROR
+            record["reason"] = "DICOM results not written: " + _error_line(exc, item.path)
+            return
+        record["dicom_out"] = {kind: os.path.abspath(path) for kind, path in written.items()}
 
     def _write_heatmaps(self, item, pred) -> dict[str, str]:
         names = pred.map_names if self.options.all_heatmaps else pred.positive

@@ -33,6 +33,7 @@ HEATMAP_DIR = "heatmaps"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_REFUSED = "refused"  # not a frontal chest radiograph (hamedge.gate): not run, not an error
 
 # file names that are not valid UTF-8 (os.fsdecode gives them surrogate escapes) round-trip
 # through the results files as their original bytes instead of failing the run
@@ -120,7 +121,7 @@ class ResultsStore:
                 old = json.loads(self.manifest_path.read_text(**_TEXT))
             except (OSError, json.JSONDecodeError):
                 old = {}
-            for key in ("format", "model_id", "classes", "precision"):
+            for key in ("format", "model_id", "classes", "precision", "gate"):
                 if old.get(key) != self.manifest.get(key):
                     raise HamedgeError(
                         f"{self.dir} holds results of another run ({key} differs: "
@@ -237,7 +238,11 @@ class ResultsStore:
 
     @property
     def failed(self) -> int:
-        return sum(1 for status in self.done.values() if status != STATUS_OK)
+        return sum(1 for status in self.done.values() if status == STATUS_ERROR)
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for status in self.done.values() if status == STATUS_REFUSED)
 
     def close(self) -> None:
         for handle in (self._csv, self._jsonl, self._lock):

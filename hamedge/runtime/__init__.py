@@ -1,9 +1,11 @@
 """Backends behind one interface: ``open_backend(bundle, backend, precision) -> Backend`` whose
-``run(batch)`` returns ``RawOutputs``. No torch at import: torch and TensorRT are imported only by
-the backends that need them, when they open."""
+``run(batch)`` returns ``RawOutputs``. The registry (hamedge.runtime.registry) names every backend;
+no torch, TensorRT or OpenVINO at import: each is imported only by its backend, when it opens."""
 
 from hamedge.runtime.base import PRECISIONS, Backend, RawOutputs, TensorMeta
-from hamedge.runtime.select import BACKENDS, open_backend, resolve_backend
+from hamedge.runtime.registry import backend_class, backend_names, missing_dependency
+from hamedge.runtime.select import BACKENDS, backend_options, open_backend, resolve_backend
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "RawOutputs", "TensorMeta", "open_backend",
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "RawOutputs", "TensorMeta", "backend_class",
+           "backend_names", "backend_options", "missing_dependency", "open_backend",
            "resolve_backend"]

@@ -44,46 +44,69 @@ def choose_providers(device: str | None, available: list[str]) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def graph_target(providers: list[str]) -> str:
+    """Which of the bundle's graphs suits the first provider: the U8S8 INT8 form is ONNX Runtime's
+    fast path on x86 CPUs; on the CUDA provider the symmetric S8S8 form (the TensorRT one) is
+    the one its QDQ kernels fuse."""
+    return "cpu" if providers[0] == "CPUExecutionProvider" else "tensorrt"
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    # A bundle has no fp16 graph (TensorRT lowers fp32 itself) and running fp32 under an fp16
+    # label would not be what was asked for: fp16 is the tensorrt and torch backends'.
+    precisions = ("fp32", "int8")
+    devices = ("cpu", "cuda")
+    requires = ("onnxruntime",)
+    install_hint = "pip install onnxruntime (onnxruntime-gpu for CUDA)"
 
     def __init__(self, bundle, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None, spinning: bool = True, **_ignored) -> None:
+                 threads: int | None = None, use: str = "latency") -> None:
+        self.check_precision(precision)
+        providers = choose_providers(device, available_providers())
+        # "throughput" (folder runs): idle intra-op threads sleep instead of spinning on the cores
+        # the pipeline's readers and heatmap writers need (benchmarks/infer_bound.py)
+        self._open(bundle.path_for(precision, graph_target(providers)), bundle.spec, bundle.graph,
+                   precision, providers, threads, spinning=use != "throughput")
+
+    @classmethod
+    def from_graph(cls, path, spec, graph, precision: str = "fp32", device: str | None = "cpu",
+                   threads: int | None = None) -> "OnnxRuntimeBackend":
+        """Run one ONNX graph file that is not (yet) in a bundle, e.g. the INT8 graphs the export
+        guard measures before the bundle is committed. ``graph`` is the bundle's GraphInfo."""
+        self = cls.__new__(cls)
+        self._open(path, spec, graph, precision, choose_providers(device, available_providers()),
+                   threads)
+        return self
+
+    def _open(self, path, spec, graph, precision: str, providers: list[str],
+              threads: int | None, spinning: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - a dependency of the slim runtime
             raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
-        providers = choose_providers(device, available_providers())
-        on_gpu = providers[0] != "CPUExecutionProvider"
-        if precision == "fp16" and not on_gpu:
-            # fp16 graphs do not exist in a bundle (TensorRT makes fp16 from fp32); on a CPU the
-            # fp32 graph is both exact and faster than emulated half precision.
-            raise HamedgeError("fp16 needs a GPU (tensorrt or torch backend); "
-                               "use --precision fp32 or int8 on a CPU")
-        target = "cpu"
-        self.model_path = bundle.path_for("fp32" if precision == "fp16" else precision, target)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads or cpu_count())
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        if not spinning:  # idle intra-op threads sleep instead of spinning on cores others need
+        if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.model_path = path
         try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise HamedgeError(f"onnxruntime cannot load {self.model_path}: "
+            raise HamedgeError(f"onnxruntime cannot load {path}: "
                                f"{str(exc).splitlines()[0]}") from None
-        graph = bundle.graph
-        super().__init__(bundle.spec, graph.input_channels, precision,
-                         "cuda" if on_gpu else "cpu", heatmaps_refined=graph.heatmaps == "refined")
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        super().__init__(spec, graph.input_channels, precision, "cuda" if on_gpu else "cpu",
+                         heatmaps_refined=graph.heatmaps == "refined", artifact=path)
         self.input_name = graph.input_name
-        self.output_names = list(graph.output_names)
         names = {o.name for o in self.session.get_outputs()}
         missing = [n for n in OUTPUT_NAMES if n not in names]
         if missing:
-            raise HamedgeError(f"{self.model_path} lacks output(s) {', '.join(missing)}")
+            raise HamedgeError(f"{path} lacks output(s) {', '.join(missing)}")
         self.providers = self.session.get_providers()
 
     def _run(self, batch: np.ndarray) -> RawOutputs:

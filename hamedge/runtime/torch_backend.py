@@ -3,6 +3,8 @@ path where TensorRT is absent. torch is imported only when this backend opens.""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from hamedge.errors import BackendUnavailable, BundleError, HamedgeError
@@ -11,9 +13,14 @@ from hamedge.runtime.base import Backend, RawOutputs
 
 class TorchBackend(Backend):
     name = "torch"
+    precisions = ("fp32", "fp16")
+    devices = ("cpu", "cuda")
+    requires = ("torch", "safetensors")
+    install_hint = "pip install 'hamedge[train]'; or use --backend onnxruntime"
 
     def __init__(self, bundle, precision: str = "fp32", device: str | None = None,
-                 refine_on_device: bool = False, threads: int | None = None, **_ignored) -> None:
+                 refine_on_device: bool = False, threads: int | None = None) -> None:
+        self.check_precision(precision)
         try:
             import torch
         except ImportError:
@@ -28,8 +35,6 @@ class TorchBackend(Backend):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA GPU (use --device cpu)")
-        if precision == "int8":
-            raise HamedgeError("the torch backend runs fp32 or fp16 (int8: onnxruntime or tensorrt)")
         if precision == "fp16" and not device.startswith("cuda"):
             raise HamedgeError("fp16 on the torch backend needs a CUDA GPU")
         if threads and not device.startswith("cuda"):
@@ -41,16 +46,23 @@ class TorchBackend(Backend):
             self.model = self.model.half()
         self.refine_on_device = refine_on_device
         super().__init__(self.model.spec, self.model.spec.in_channels, precision, device,
-                         heatmaps_refined=refine_on_device)
+                         heatmaps_refined=refine_on_device, artifact=weights)
 
     def _run(self, batch: np.ndarray) -> RawOutputs:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, self.dtype, non_blocking=True)
+            on_gpu = not self.on_cpu
+            if on_gpu:  # the device's time: the forward alone, without the copies around it
+                torch.cuda.synchronize()
+                start = time.perf_counter()
             out = self.model(x, refine=False)
             cams = torch.cat((out.anomaly_cam, out.class_cams), dim=1).float()
             if self.refine_on_device:
                 cams = self._refine(cams, x.shape[-1])
+            if on_gpu:
+                torch.cuda.synchronize()
+                self._inference_time = time.perf_counter() - start
             return RawOutputs(torch.sigmoid(out.class_logits.float()).cpu().numpy(),
                               torch.sigmoid(out.anomaly_logit.float()).cpu().numpy(),
                               cams.cpu().numpy(), self.refine_on_device)
