@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-aarch64 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Not part of `make test`: the slim runtime on an emulated arm64 CPU (QEMU), compared with this host
+# (a few minutes; needs root for apt-get/debootstrap and network to Debian and PyPI).
+test-aarch64: setup
+	tests/aarch64/run.sh
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out .cache

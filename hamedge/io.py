@@ -172,11 +172,12 @@ def collect_warnings():
         _local.sink = outer
 
 
-def read_image_with_notes(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+def read_image_with_notes(path: str | os.PathLike,
+                          reduce_to: int | None = None) -> tuple[np.ndarray, list[str]]:
     """``read_image`` plus the library warnings raised while reading (one line each)."""
     with collect_warnings() as notes:
         try:
-            image = _read(Path(path))
+            image = _read(Path(path), reduce_to)
         except DataError as exc:
             if notes and "truncated" not in str(exc) and any("End of file" in n for n in notes):
                 raise DataError(f"{path}: file is truncated ({notes[0]})") from None
@@ -184,15 +185,21 @@ def read_image_with_notes(path: str | os.PathLike) -> tuple[np.ndarray, list[str
     return image, list(dict.fromkeys(notes))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1])."""
-    image, notes = read_image_with_notes(path)
+def read_image(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndarray:
+    """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1]).
+
+    ``reduce_to``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (the decoder's DCT
+    scaling, far less work) while both sides stay at least this many pixels. Those pixels differ
+    from a full decode followed by the resize, so callers opt in (``hamedge infer
+    --reduced-decode``) and take the file's full size from ``image_size``. Other formats, and
+    None, decode in full."""
+    image, notes = read_image_with_notes(path, reduce_to)
     for note in notes:
         _log.info("%s: %s", path, note)
     return image
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, reduce_to: int | None = None) -> np.ndarray:
     with open_regular(path) as handle:
         head = handle.read(132)
         if not head:
@@ -201,10 +208,22 @@ def _read(path: Path) -> np.ndarray:
         if (len(head) == 132 and head[128:132] == b"DICM") or path.suffix.lower() in DICOM_SUFFIXES:
             image = _read_dicom(path, handle)
         else:
-            image = _read_raster(path, handle, head)
+            image = _read_raster(path, handle, head, reduce_to)
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise DataError(f"{path}: image has non-finite pixel values (NaN or infinity)")
     return image
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of a PNG/JPEG/TIFF/BMP from its header without decoding it; None for
+    files Pillow cannot open (DICOM)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            return int(pil.size[1]), int(pil.size[0])
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +245,7 @@ def _gray(array: np.ndarray) -> np.ndarray:
     return (array[..., 0] * _LUMA[0] + array[..., 1] * _LUMA[1] + array[..., 2] * _LUMA[2]).astype(np.float32)
 
 
-def _read_raster(path: Path, handle, head: bytes) -> np.ndarray:
+def _read_raster(path: Path, handle, head: bytes, reduce_to: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     png = _png_header(head)
@@ -239,6 +258,8 @@ def _read_raster(path: Path, handle, head: bytes) -> np.ndarray:
         with Image.open(handle) as pil:  # reads the header only
             check_size(path, pil.size[0], pil.size[1], len(pil.getbands()),
                        16 if pil.mode.startswith("I;16") else 32 if pil.mode in ("I", "F") else 8)
+            if reduce_to and pil.format == "JPEG":
+                pil.draft(pil.mode, (reduce_to, reduce_to))  # DCT scaling; both sides stay >= reduce_to
             pil.load()  # decode now: truncated or corrupt data fails here
             if getattr(pil, "n_frames", 1) > 1:
                 pil.seek(0)

@@ -27,7 +27,7 @@ def test_time_calls_warms_up_then_times_at_least_min_calls():
     assert len(times) == 4 and len(calls) == 6 and (times >= 0).all()
 
 
-@pytest.mark.parametrize("script", ["export_bench", "fused_refine", "infer_pipeline"])
+@pytest.mark.parametrize("script", ["export_bench", "fused_refine", "infer_pipeline", "infer_bound"])
 def test_scripts_use_the_shared_record(script):
     text = (Path(_common.__file__).parent / f"{script}.py").read_text()
     assert "run_record(" in text and "rev-parse" not in text and "/proc/cpuinfo" not in text

@@ -152,7 +152,15 @@ def infer(
     precision: str = typer.Option("fp32", help=precision_help()),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | gpu (default: the backend's choice)"),
     batch: int = typer.Option(8, "--batch", "-b", help="Images per batch (the last may be smaller)."),
-    workers: int = typer.Option(2, help="Reader threads (reading + preprocessing)."),
+    workers: Optional[int] = typer.Option(None, help="Reader threads (reading + preprocessing); "
+                                                     "default: one per usable core."),
+    writers: Optional[int] = typer.Option(None, help="Heatmap-writing threads; default: one per "
+                                                     "usable core."),
+    reduced_decode: bool = typer.Option(False, "--reduced-decode",
+                                        help="Decode JPEGs at reduced size (1/2, 1/4, 1/8 by DCT "
+                                             "scaling, at least twice the model's input): much "
+                                             "less work, slightly different pixels; not with "
+                                             "--heatmaps overlay."),
     glob: Optional[str] = typer.Option(None, help="Only files whose path matches, e.g. '*.dcm'."),
     heatmaps: str = typer.Option("overlay", help="overlay | png | npy | none"),
     all_heatmaps: bool = typer.Option(False, "--all-heatmaps",
@@ -191,7 +199,8 @@ def infer(
     from hamedge.pipeline import InferOptions
 
     # every option is checked before any work (resolve_bundle may export the demo model first)
-    options = InferOptions(batch=batch, workers=workers, glob=glob, heatmaps=heatmaps,
+    options = InferOptions(batch=batch, workers=workers, writers=writers,
+                           reduced_decode=reduced_decode, glob=glob, heatmaps=heatmaps,
                            all_heatmaps=all_heatmaps, overwrite=overwrite,
                            gate=GateSettings(accept_any, accept_secondary_capture),
                            dicom_out=dicom_out)

@@ -2,10 +2,14 @@
 
     reader threads (read + preprocess, a bounded window of files in flight)
         -> main thread: batches of N -> backend.run
-        -> writer thread (bounded queue): predictions, boxes, heatmap files, durable rows
+        -> writer thread (bounded queue): predictions, boxes, durable rows in order; heatmap
+           files encoded by a pool of threads (PNG encoding is most of the writing)
 
-Threads, not processes: decoding (libpng/zlib, pydicom's numpy), Pillow's resize and the backends
-all release the GIL, and threads avoid copying every image between processes.
+Threads, not processes: decoding (libpng/zlib, pydicom's numpy), Pillow's resize, OpenCV's
+overlay and PNG encoding and the backends all release the GIL, and threads avoid copying every
+image between processes. Reader and heatmap threads default to one per usable core: the work of
+each stage comes in bursts, so each pool must be able to use every core while the others wait
+(benchmarks/infer_bound.py measures the stages and the bound).
 A file that cannot be read or preprocessed becomes an error row and the run goes on; a backend
 or writer failure is fatal (exit 2). Exit codes: 0 every input ok, 1 some inputs failed.
 """
@@ -34,6 +38,8 @@ from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
 from hamedge.pipeline.store import (HEATMAP_DIR, STATUS_ERROR, STATUS_OK, STATUS_REFUSED, ResultsStore,
                                     is_results_folder, safe_record)
+# the cores this process may use: also what ONNX Runtime's intra-op threads default to
+from hamedge.runtime.onnxruntime import cpu_count as usable_cores
 
 _log = logging.getLogger("hamedge.pipeline")
 
@@ -48,7 +54,9 @@ MAX_WORKERS = 64
 @dataclass
 class InferOptions:
     batch: int = 8
-    workers: int = 2  # reader threads
+    workers: int | None = None  # reader threads; None: one per usable core
+    writers: int | None = None  # heatmap-encoding threads; None: one per usable core
+    reduced_decode: bool = False  # JPEG at reduced size (DCT scaling); see REDUCED_DECODE_FACTOR
     glob: str | None = None
     heatmaps: str = "overlay"  # overlay | png | npy | none
     all_heatmaps: bool = False
@@ -60,13 +68,23 @@ class InferOptions:
     def validate(self) -> None:
         if not 1 <= self.batch <= MAX_BATCH:
             raise HamedgeError(f"--batch must be between 1 and {MAX_BATCH}, not {self.batch}")
-        if not 1 <= self.workers <= MAX_WORKERS:
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
             raise HamedgeError(f"--workers must be between 1 and {MAX_WORKERS}, not {self.workers}")
+        if self.writers is not None and not 1 <= self.writers <= MAX_WORKERS:
+            raise HamedgeError(f"--writers must be between 1 and {MAX_WORKERS}, not {self.writers}")
         if self.heatmaps not in HEATMAP_FORMATS:
             raise HamedgeError(f"--heatmaps must be one of {', '.join(HEATMAP_FORMATS)}")
+        if self.reduced_decode and self.heatmaps == "overlay":
+            raise HamedgeError("--reduced-decode needs --heatmaps png, npy or none (an overlay is "
+                               "drawn on the fully decoded image)")
         if self.dicom_out is not None and Path(self.dicom_out).exists() \
                 and not Path(self.dicom_out).is_dir():
             raise HamedgeError(f"--dicom-out {self.dicom_out} exists and is not a folder")
+
+
+# A reduced JPEG decode keeps both sides at least this many times the model's input, so the
+# (antialiased) resize to the input still averages several decoded pixels per input pixel.
+REDUCED_DECODE_FACTOR = 2
 
 
 @dataclass
@@ -260,7 +278,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     the gate is off.
     """
     from hamedge.gate import check_file
-    from hamedge.io import collect_warnings, read_image_with_notes
+    from hamedge.io import collect_warnings, image_size, read_image_with_notes
     from hamedge.preprocess import preprocess
 
     options.validate()
@@ -290,6 +308,8 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         summary.already_done = len(files) - len(todo)
         keep_image = write_maps and options.heatmaps == "overlay"
         channels = backend.input_channels
+        reduce_to = REDUCED_DECODE_FACTOR * spec.input_size if options.reduced_decode else None
+        workers = options.workers or usable_cores()
 
         read_headers = options.gate.enabled or options.dicom_out is not None
 
@@ -308,9 +328,11 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                         item.header = header
                 else:
                     item.gate = {"verdict": OFF}
-                image, notes = read_image_with_notes(path)
+                image, notes = read_image_with_notes(path, reduce_to)
                 item.notes = list(dict.fromkeys(item.notes + notes))
                 item.size = (int(image.shape[0]), int(image.shape[1]))
+                if reduce_to:  # boxes and heatmaps are at the file's full size
+                    item.size = image_size(path) or item.size
                 item.tensor = preprocess(image, spec, channels)
                 if keep_image or item.header is not None:  # overlays, DICOM Secondary Capture
                     item.image = image
@@ -329,8 +351,8 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
         writer.start()
         start = time.perf_counter()
         try:
-            with ThreadPoolExecutor(options.workers, thread_name_prefix="hamedge-read") as pool:
-                window = max(2 * options.batch, options.batch + 2 * options.workers)
+            with ThreadPoolExecutor(workers, thread_name_prefix="hamedge-read") as pool:
+                window = max(2 * options.batch, options.batch + 2 * workers)
                 pending: deque = deque()
                 it = iter(todo)
                 batch: list[_Item] = []
@@ -394,6 +416,9 @@ class _Writer(threading.Thread):
         self.total, self.summary, self.device, self.ood = total, summary, device, ood
         self.error: BaseException | None = None
         self.count = 0
+        threads = options.writers or usable_cores()
+        self.pool = (ThreadPoolExecutor(threads, thread_name_prefix="hamedge-heatmaps")
+                     if write_maps and threads > 1 else None)
 
     def put(self, items, raw) -> None:
         while True:  # never block forever on a dead writer
@@ -431,6 +456,9 @@ class _Writer(threading.Thread):
                     self.queue.get_nowait()
                 except queue.Empty:
                     break
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
     def _handle(self, items, raw) -> None:
         records = []
@@ -447,21 +475,28 @@ class _Writer(threading.Thread):
             preds = predictions_from_outputs(raw, self.spec, [i.size for i in items],
                                              [i.key for i in items])
             distances = self.ood.distances(raw.attention_maps) if self.ood is not None else None
+            refusals = [apply_ood(item.gate, float(distances[index]), self.ood)
+                        if distances is not None and item.gate is not None else None
+                        for index, item in enumerate(items)]
+            written: list = [None] * len(items)
+            if self.write_maps:  # in parallel; the rows below stay in order
+                kept = [index for index, refused in enumerate(refusals) if not refused]
+                run = self.pool.map if self.pool is not None else map
+                for index, maps in zip(kept, run(lambda i: self._write_heatmaps(items[i], preds[i]), kept)):
+                    written[index] = maps
             for index, (item, pred) in enumerate(zip(items, preds)):
-                if distances is not None and item.gate is not None:
-                    refused = apply_ood(item.gate, float(distances[index]), self.ood)
-                    if refused:
-                        records.append({"path": item.key, "status": STATUS_REFUSED,
-                                        "reason": refused, "gate": item.gate})
-                        item.image = item.header = None
-                        continue
+                if refusals[index]:
+                    records.append({"path": item.key, "status": STATUS_REFUSED,
+                                    "reason": refusals[index], "gate": item.gate})
+                    item.image = item.header = None
+                    continue
                 record = {"path": item.key, "status": STATUS_OK, "reason": _notes_line(item.notes),
                           **pred.to_dict()}
                 record["path"] = item.key
                 if item.gate is not None:
                     record["gate"] = item.gate
-                if self.write_maps:
-                    record["heatmaps"] = self._write_heatmaps(item, pred)
+                if written[index] is not None:
+                    record["heatmaps"] = written[index]
                 if item.header is not None:
                     self._write_dicom(item, pred, record)
                 records.append(record)

@@ -68,11 +68,13 @@ class OnnxRuntimeBackend(Backend):
     install_hint = "pip install onnxruntime (onnxruntime-gpu for CUDA)"
 
     def __init__(self, bundle, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, use: str = "latency") -> None:
         self.check_precision(precision)
         providers = choose_providers(device, available_providers())
+        # "throughput" (folder runs): idle intra-op threads sleep instead of spinning on the cores
+        # the pipeline's readers and heatmap writers need (benchmarks/infer_bound.py)
         self._open(bundle.path_for(precision, graph_target(providers)), bundle.spec, bundle.graph,
-                   precision, providers, threads)
+                   precision, providers, threads, spinning=use != "throughput")
 
     @classmethod
     def from_graph(cls, path, spec, graph, precision: str = "fp32", device: str | None = "cpu",
@@ -85,7 +87,7 @@ class OnnxRuntimeBackend(Backend):
         return self
 
     def _open(self, path, spec, graph, precision: str, providers: list[str],
-              threads: int | None) -> None:
+              threads: int | None, spinning: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - a dependency of the slim runtime
@@ -96,6 +98,8 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model_path = path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
