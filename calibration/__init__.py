@@ -200,8 +200,8 @@ def _short(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:+.4f}"
+def _fmt(v: float | None, spec: str = "+.4f") -> str:
+    return "n/a" if v is None else format(v, spec)
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -213,7 +213,7 @@ def _describe(r: dict[str, Any]) -> str:
     if "backends" in r:
         return "; ".join(f"{b}: {_describe(v)}" for b, v in r["backends"].items())
     return (f"mean AUC {_fmt(r['mean_auc_delta'])}, anomaly AUC {_fmt(r['anomaly_auc_delta'])}, "
-            f"T(IoU) {_fmt(tiou)}, max prob diff {_fmt(r.get('max_prob_diff'))}, heatmap IoU vs fp32 "
+            f"T(IoU) {_fmt(tiou)}, max prob diff {_fmt(r.get('max_prob_diff'), '.4f')}, heatmap IoU vs fp32 "
             f"{'n/a' if agree is None else f'{agree:.3f}'} -> {'pass' if r['passed'] else 'FAIL'}")
 
 
