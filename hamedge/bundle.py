@@ -78,6 +78,14 @@ class GraphInfo:
     dynamic_batch: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("input_channels", "input_size", "feature_size", "opset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+                raise BundleError(f"graph field {name} must be a positive whole number, not {value!r}")
+        if not isinstance(self.input_name, str) or not isinstance(self.dynamic_batch, bool):
+            raise BundleError("graph fields input_name (a string) and dynamic_batch (true/false) are invalid")
+        if not all(isinstance(n, str) for n in self.output_names):
+            raise BundleError("graph field output_names must be a list of strings")
         if self.input_channels not in (1, 3):
             raise BundleError(f"graph input_channels must be 1 or 3, not {self.input_channels}")
         if self.heatmaps not in ("raw", "refined"):
@@ -100,8 +108,12 @@ class GraphInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphInfo":
+        if not isinstance(data, dict):
+            raise BundleError("spec.json: the graph section must be an object")
         data = {k: v for k, v in data.items() if k != "heatmap_size"}
         if "output_names" in data:
+            if not isinstance(data["output_names"], list):
+                raise BundleError("graph field output_names must be a list of strings")
             data["output_names"] = tuple(data["output_names"])
         try:
             return cls(**data)
@@ -117,14 +129,14 @@ class EngineRecord:
     gpu_name: str
     compute_capability: str  # "8.7", "9.0"
     trt_version: str
-    precision: str  # fp16 | int8 | fp32 | torch-trt-*
+    precision: str  # fp32 | fp16 | int8
     min_batch: int
     opt_batch: int
     max_batch: int
     onnx_file: str  # graph it was built from (relative to the bundle)
     onnx_sha256: str
     dla_core: int | None = None
-    builder: str = "tensorrt"  # or "torch-tensorrt"
+    builder: str = "tensorrt"  # hamedge.trt.build; records of any other builder are not run
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +144,8 @@ class EngineRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EngineRecord":
+        if not isinstance(data, dict):
+            raise BundleError("invalid engine record: not an object")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -144,6 +158,78 @@ def _safe_relpath(rel: str) -> str:
     if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
         raise BundleError(f"checksums names a path outside the bundle: {rel!r}")
     return str(p)
+
+
+def _check_inside(root: Path, rel: str) -> None:
+    """A bundle file (or engines/) that is a link resolving outside the bundle is refused: it
+    would be read from, and written through, somewhere else."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(root / rel)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise BundleError(f"bundle {root}: {rel} is a link leading outside the bundle ({real})")
+
+
+def onnx_output_dims(path: str | os.PathLike) -> dict[str, list[int | None]]:
+    """Graph output name -> dims (None for a symbolic dim; {} when unreadable), read from an ONNX file's protobuf
+    wire format without the onnx package (not in the slim runtime) and without copying weights:
+    ModelProto.graph (7) -> GraphProto.output (12) -> ValueInfoProto name (1), type (2) ->
+    TypeProto.tensor_type (1) -> shape (2) -> dim (1) -> dim_value (1) | dim_param (2)."""
+    import mmap
+
+    def fields(buf, start, end):
+        pos = start
+        while pos < end:
+            key, pos = _varint(buf, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _varint(buf, pos)
+                yield number, wire, value, None
+            elif wire == 2:
+                size, pos = _varint(buf, pos)
+                if pos + size > end:
+                    raise ValueError("field runs past its message")
+                yield number, wire, pos, pos + size
+                pos += size
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"wire type {wire}")
+
+    def sub(buf, start, end, number):
+        return [(s, e) for n, w, s, e in fields(buf, start, end) if n == number and w == 2]
+
+    out: dict[str, list[int | None]] = {}
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for g0, g1 in sub(buf, 0, len(buf), 7):
+                for o0, o1 in sub(buf, g0, g1, 12):
+                    name, dims = "", []
+                    for n, w, s, e in fields(buf, o0, o1):
+                        if n == 1 and w == 2:
+                            name = bytes(buf[s:e]).decode("utf-8", "replace")
+                        elif n == 2 and w == 2:
+                            for t0, t1 in sub(buf, s, e, 1):
+                                for h0, h1 in sub(buf, t0, t1, 2):
+                                    for d0, d1 in sub(buf, h0, h1, 1):
+                                        value = [v for n2, w2, v, _ in fields(buf, d0, d1) if n2 == 1 and w2 == 0]
+                                        dims.append(value[0] if value else None)
+                    out[name] = dims
+    except (OSError, ValueError, IndexError):
+        return {}  # not ONNX at all: the backend that opens it says so
+    return out
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
 
 
 def parse_checksums(text: str) -> dict[str, str]:
@@ -189,7 +275,31 @@ class Bundle:
         if "graph" not in meta:
             raise BundleError(f"{root / SPEC_FILE} has no graph section")
         self.graph = GraphInfo.from_dict(meta["graph"])
-        self.provenance: dict[str, Any] = dict(meta.get("provenance", {}))
+        provenance = meta.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise BundleError(f"{root / SPEC_FILE}: the provenance section must be an object")
+        self.provenance: dict[str, Any] = dict(provenance)
+        self._check_graph_matches_spec()
+
+    def _check_graph_matches_spec(self) -> None:
+        spec, graph = self.spec, self.graph
+        where = f"{self.root / SPEC_FILE}:"
+        if graph.input_size != spec.input_size:
+            raise BundleError(f"{where} graph input_size {graph.input_size} differs from the spec's "
+                              f"{spec.input_size}")
+        if graph.input_channels not in (1, spec.in_channels):
+            raise BundleError(f"{where} graph input_channels {graph.input_channels} does not fit a "
+                              f"{spec.in_channels}-channel spec")
+        if graph.heatmaps == "raw" and graph.feature_size != spec.feature_size:
+            raise BundleError(f"{where} graph feature_size {graph.feature_size} differs from the "
+                              f"spec's {spec.feature_size}")
+        fp32 = FP32_GRAPH
+        if fp32 in self.files:
+            dims = onnx_output_dims(self.root / fp32)
+            classes = dims.get(OUTPUT_NAMES[0])
+            if classes is not None and len(classes) == 2 and classes[1] not in (None, spec.num_classes):
+                raise BundleError(f"{where} the spec names {spec.num_classes} classes but {fp32} "
+                                  f"gives {classes[1]} class probabilities")
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -201,19 +311,27 @@ class Bundle:
         sums = root / CHECKSUMS_FILE
         if not sums.is_file():
             raise BundleError(f"{root} is not a hamedge bundle (no {CHECKSUMS_FILE} file)")
-        files = parse_checksums(sums.read_text(encoding="utf-8"))
+        _check_inside(root, CHECKSUMS_FILE)
+        try:
+            text = sums.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise BundleError(f"{sums} is not a text file of '<sha256>  <path>' lines") from None
+        files = parse_checksums(text)
         if SPEC_FILE not in files:
             raise BundleError(f"{sums} does not list {SPEC_FILE}")
+        if (root / ENGINES_DIR).exists():
+            _check_inside(root, ENGINES_DIR)
         for rel, digest in files.items():
             target = root / rel
             if not target.is_file():
                 raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
+            _check_inside(root, rel)
             if verify and sha256_file(target) != digest:
                 raise BundleError(f"bundle {root}: checksum mismatch for {rel} "
                                   "(file changed or corrupt; re-export the bundle)")
         try:
             meta = json.loads((root / SPEC_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{root / SPEC_FILE} is not valid JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None

@@ -95,9 +95,14 @@ def probability_agreement(ref_probs: np.ndarray, probs: np.ndarray, ref_anomaly:
     thresholds = np.asarray(spec.thresholds)
     flips = int(((probs >= thresholds) != (ref_probs >= thresholds)).sum()
                 + ((anomaly >= spec.anomaly_threshold) != (ref_anomaly >= spec.anomaly_threshold)).sum())
-    return {"max_prob_diff": float(max(np.abs(probs - ref_probs).max(),
-                                       np.abs(anomaly - ref_anomaly).max())),
+    return {"max_prob_diff": _max_abs_diff((ref_probs, probs), (ref_anomaly, anomaly)),
             "flips": flips, "decisions": int(probs.size + anomaly.size)}
+
+
+def _max_abs_diff(*pairs: tuple[np.ndarray, np.ndarray]) -> float:
+    """Largest |a - b| over all pairs; NaN when any difference is NaN (Python's max() would
+    drop a NaN that is not its first argument)."""
+    return float(np.max([np.abs(np.asarray(b) - np.asarray(a)).max() for a, b in pairs]))
 
 
 # -- deltas ---------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], refi
         if ref[name].shape != got[name].shape:
             raise ValueError(f"{name}: shape {got[name].shape} differs from the reference's "
                              f"{ref[name].shape}")
-    probs = max(float(np.abs(ref[k] - got[k]).max()) for k in ("class_probs", "anomaly_prob"))
+    probs = _max_abs_diff(*((ref[k], got[k]) for k in ("class_probs", "anomaly_prob")))
     mdiff = float(np.abs(ref["attention_maps"] - got["attention_maps"]).max())
     if refined:
         map_tol = REFINED_MAP_TOL

@@ -122,15 +122,20 @@ def read_header(path: str | os.PathLike):
     that is not DICOM. An unreadable header is a DataError (an error row, not a refusal)."""
     if not Path(path).is_file() or not is_dicom_path(path):  # never open a FIFO or device:
         return None  # the reader reports what it is
+    import zlib
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError,
-            TypeError, IndexError) as exc:
+            TypeError, IndexError, zlib.error) as exc:  # zlib: a corrupt deflated data set
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: not a readable DICOM header ({text[:200]})") from None
+
+
+UNREADABLE = "<unreadable>"  # the recorded value of an element pydicom cannot parse
 
 
 def _text(header, keyword: str) -> str | None:
@@ -138,7 +143,7 @@ def _text(header, keyword: str) -> str | None:
     try:
         value = header.get(keyword)
     except Exception:  # a malformed element (wrong VR, bad bytes) counts as unreadable text
-        return "<unreadable>"
+        return UNREADABLE
     if value is None:
         return None
     if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
@@ -148,13 +153,10 @@ def _text(header, keyword: str) -> str | None:
 
 
 def _tags(header) -> dict[str, Any]:
-    tags: dict[str, Any] = {}
-    for keyword in TAGS:
-        tags[keyword] = _text(header, keyword)
-    sop = header.get("SOPClassUID")
-    if sop:
-        tags["SOPClassUID"] = str(sop)
-        tags["SOPClassName"] = uid.UID(str(sop)).name
+    tags: dict[str, Any] = {keyword: _text(header, keyword) for keyword in TAGS}
+    sop = tags["SOPClassUID"]
+    if sop and sop != UNREADABLE:
+        tags["SOPClassName"] = uid.UID(sop).name
     return tags
 
 
@@ -173,6 +175,8 @@ def _first_broken_rule(tags: dict[str, Any], settings: GateSettings) -> str:
     sop = tags.get("SOPClassUID")
     if not sop:
         return "no SOP Class UID in the DICOM header: not an identifiable image"
+    if sop == UNREADABLE:
+        return "the SOP Class UID in the DICOM header is malformed: not an identifiable image"
     name = tags["SOPClassName"]
     if sop not in settings.sop_classes:
         if sop == uid.DigitalXRayImageStorageForProcessing:

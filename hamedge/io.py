@@ -8,18 +8,39 @@
 Colour files become gray with ITU-R 601 luma (Pillow's convert("L") for 8-bit). An X-ray saved
 as RGB has three equal channels and so keeps its exact values; alpha is ignored. DICOM is
 recognised by its "DICM" preamble as well as by its extension.
-Unreadable files (corrupt, truncated, empty, not an image) raise DataError with a one-line reason.
+Unreadable files (corrupt, truncated, empty, not an image, too large, non-finite pixels) raise
+DataError with a one-line reason.
+
+Safety rules every path follows: only regular files are opened (a FIFO or device never blocks a
+read); image dimensions are read from the header and checked against ``MAX_PIXELS`` before any
+pixel is decoded; a DICOM object's first frame only is decoded; a float image with NaN or
+infinity is refused; library warnings raised while reading are collected per call (see
+``read_image_with_notes``), never printed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Iterable
+import stat
+import struct
+import threading
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from hamedge.errors import DataError
+
+# Largest image decoded, in pixels (width x height of the one frame read): twice the largest
+# radiograph detectors (about 4300 x 4300). Decoded bytes are limited to 8 bytes a pixel
+# (16-bit RGBA), and a DICOM object's pixel data, all frames as declared, to MAX_DICOM_BYTES
+# (pydicom holds the whole element in memory before one frame is decoded).
+MAX_PIXELS = 40_000_000
+MAX_DICOM_BYTES = 1 << 30
+_log = logging.getLogger("hamedge.io")
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
@@ -27,38 +48,177 @@ SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM preamble (b'DICM' at offset 128)."""
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """True for a regular file (or a link to one); False for FIFOs, devices, sockets, folders."""
     try:
-        with open(path, "rb") as handle:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def open_regular(path: str | os.PathLike):
+    """Open a regular file for binary reading, or raise DataError. Opened non-blocking and then
+    checked with fstat, so a FIFO swapped in after a stat can still never block."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+            raise DataError(f"{path}: not a regular file ({kind})")
+    except BaseException:
+        os.close(fd)
+        raise
+    handle = os.fdopen(fd, "rb")
+    handle.raw.name = os.fspath(path)  # readers quote the name in messages; an fd number breaks them
+    return handle
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True when a regular file carries the DICOM preamble (b'DICM' at offset 128)."""
+    if not is_regular_file(path):
+        return False
+    try:
+        with open_regular(path) as handle:
             head = handle.read(132)
-    except OSError:
+    except (OSError, DataError):
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def check_size(path, width: int, height: int, samples: int = 1, bits: int = 8) -> None:
+    """The one pixel limit, checked from header values before anything is decoded."""
+    if width < 1 or height < 1:
+        raise DataError(f"{path}: image header gives {width}x{height} pixels")
+    pixels = width * height
+    if pixels > MAX_PIXELS or pixels * samples * ((bits + 7) // 8) > 8 * MAX_PIXELS:
+        raise DataError(f"{path}: image of {width}x{height} pixels x {samples} sample(s) x {bits} bit(s) "
+                        f"is over the {MAX_PIXELS}-pixel safety limit (decompression bomb?)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Library warnings, per call and thread-safe: warnings.catch_warnings swaps process-wide state
+# and is unsafe across reader threads. One process-wide hook instead hands each warning to the
+# collector of the thread that raised it; warnings from other threads are shown as before, or go
+# to the log while `warnings_to_log` is active (the CLI, for every thread of a run).
+
+_local = threading.local()
+_router_lock = threading.Lock()
+_previous_showwarning = None
+_to_log = 0
+# Warnings attributed to these modules are shown every time (not once per code location), so
+# each file's row gets its own: they all pass through the router, never to the terminal.
+_LIBRARIES = r"(pydicom|PIL|numpy|cv2|gdcm|pylibjpeg|openjpeg|rle|jpeg_ls|hamedge)(\.|$)"
+
+
+def _route_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sink = getattr(_local, "sink", None)
+    text = f"{category.__name__}: {' '.join(str(message).split())}"
+    if sink is not None:
+        sink.append(text[:200])
+    elif _to_log or _previous_showwarning is None:
+        _log.info("%s", text)
+    else:
+        _previous_showwarning(message, category, filename, lineno, file, line)
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Every Python warning, from any thread, goes to the 'hamedge.io' log while active."""
+    global _to_log
+    _install_warning_router()
+    _to_log += 1
+    try:
+        yield
+    finally:
+        _to_log -= 1
+
+
+def _install_warning_router() -> None:
+    global _previous_showwarning
+    if warnings.showwarning is _route_warning and _has_always_filter():
+        return
+    with _router_lock:  # another tool (pytest, an application) may have reset either
+        if warnings.showwarning is not _route_warning:
+            _previous_showwarning = warnings.showwarning
+            warnings.showwarning = _route_warning
+        if not _has_always_filter():
+            warnings.filterwarnings("always", module=_LIBRARIES)
+
+
+def _has_always_filter() -> bool:
+    return any(f[0] == "always" and f[3] is not None and getattr(f[3], "pattern", None) == _LIBRARIES
+               for f in warnings.filters)
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """Collect the warnings this thread raises into a list (and numpy floating-point errors
+    are silenced: every result is checked for finiteness instead)."""
+    _install_warning_router()
+    outer = getattr(_local, "sink", None)
+    notes: list[str] = []
+    _local.sink = notes
+    try:
+        with np.errstate(all="ignore"):
+            yield notes
+    finally:
+        _local.sink = outer
+
+
+def read_image_with_notes(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """``read_image`` plus the library warnings raised while reading (one line each)."""
+    with collect_warnings() as notes:
+        try:
+            image = _read(Path(path))
+        except DataError as exc:
+            if notes and "truncated" not in str(exc) and any("End of file" in n for n in notes):
+                raise DataError(f"{path}: file is truncated ({notes[0]})") from None
+            raise
+    return image, list(dict.fromkeys(notes))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1])."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
-    if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(path)
-    return _read_raster(path)
+    image, notes = read_image_with_notes(path)
+    for note in notes:
+        _log.info("%s: %s", path, note)
+    return image
+
+
+def _read(path: Path) -> np.ndarray:
+    with open_regular(path) as handle:
+        head = handle.read(132)
+        if not head:
+            raise DataError(f"{path}: empty file")
+        handle.seek(0)
+        if (len(head) == 132 and head[128:132] == b"DICM") or path.suffix.lower() in DICOM_SUFFIXES:
+            image = _read_dicom(path, handle)
+        else:
+            image = _read_raster(path, handle, head)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise DataError(f"{path}: image has non-finite pixel values (NaN or infinity)")
+    return image
 
 
 # ---------------------------------------------------------------------------------------------
 # PNG / JPEG / TIFF / BMP
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26:
-        return head[24]
-    return None
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type -> samples decoded (palette -> RGB)
+
+
+def _png_header(head: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit depth, colour type) from a PNG's IHDR, or None when not a PNG."""
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26 or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
 
 
 def _gray(array: np.ndarray) -> np.ndarray:
@@ -66,19 +226,19 @@ def _gray(array: np.ndarray) -> np.ndarray:
     return (array[..., 0] * _LUMA[0] + array[..., 1] * _LUMA[1] + array[..., 2] * _LUMA[2]).astype(np.float32)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path, handle, head: bytes) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if _png_bit_depth(path) == 16:
-        return _read_png16(path)
+    png = _png_header(head)
+    if png is not None:
+        width, height, depth, colour = png
+        check_size(path, width, height, _PNG_SAMPLES.get(colour, 4), depth)
+        if depth == 16 and colour != 0:  # Pillow cuts 16-bit colour to 8 bits; OpenCV keeps 16
+            return _read_png16(path, handle)
     try:
-        # The size check replaces warnings.catch_warnings, which is not thread-safe (readers
-        # are threads).
-        with Image.open(path) as pil:
-            limit = Image.MAX_IMAGE_PIXELS  # PIL only warns below twice this: refuse at it
-            if limit and pil.size[0] * pil.size[1] > limit:
-                raise DataError(f"{path}: image of {pil.size[0]}x{pil.size[1]} pixels is larger "
-                                f"than the {limit}-pixel safety limit (decompression bomb?)")
+        with Image.open(handle) as pil:  # reads the header only
+            check_size(path, pil.size[0], pil.size[1], len(pil.getbands()),
+                       16 if pil.mode.startswith("I;16") else 32 if pil.mode in ("I", "F") else 8)
             pil.load()  # decode now: truncated or corrupt data fails here
             if getattr(pil, "n_frames", 1) > 1:
                 pil.seek(0)
@@ -94,24 +254,27 @@ def _read_raster(path: Path) -> np.ndarray:
                 top = 65535.0 if data.max() <= 65535 and data.min() >= 0 else None
                 return _minmax(data) if top is None else (data / top).astype(np.float32)
             if mode == "F":
-                return _minmax(np.asarray(pil).astype(np.float64))
+                data = np.asarray(pil).astype(np.float64)
+                if not np.isfinite(data).all():
+                    raise DataError(f"{path}: image has non-finite pixel values (NaN or infinity)")
+                return _minmax(data)
             raise DataError(f"{path}: unsupported image mode {mode}")
     except DataError:
         raise
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, MemoryError,
+            struct.error, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({_one_line(exc)})") from None
 
 
-def _read_png16(path: Path) -> np.ndarray:
-    # Pillow truncates 16-bit colour PNGs to 8 bits; OpenCV keeps all 16.
+def _read_png16(path: Path, handle) -> np.ndarray:
     import cv2
 
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        data = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # e.g. a header beyond CV_IO_MAX_IMAGE_PIXELS, or a corrupt stream
+        data = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # a corrupt stream
         raise DataError(f"{path}: cannot decode 16-bit PNG ({_one_line(exc)})") from None
     if data is None:
         raise DataError(f"{path}: cannot decode 16-bit PNG (corrupt or truncated)")
@@ -132,11 +295,6 @@ def _minmax(data: np.ndarray) -> np.ndarray:
     return ((data - lo) / (hi - lo)).astype(np.float32)
 
 
-def _last_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1].strip() if text else type(exc).__name__
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -146,47 +304,71 @@ def _one_line(exc: BaseException) -> str:
 # DICOM
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, handle) -> np.ndarray:
     """DICOM -> 2-D array.
 
-    Steps: first frame of a multi-frame file; colour (RGB/YBR) -> luma; modality LUT
-    (Rescale Slope/Intercept or Modality LUT Sequence); VOI LUT sequence or window centre/width
-    when present (first window), giving [0, 1] through the window; otherwise a min-max stretch
-    of the stored range actually used; MONOCHROME1 inverted so that bone is always bright.
-    A plain 8-bit MONOCHROME2 image without any transform is returned as uint8 unchanged.
+    The header is read first (without the pixel data) and its size checked; then the first
+    frame only is decoded. Colour (RGB/YBR) -> luma; modality LUT (Rescale Slope/Intercept or
+    Modality LUT Sequence); VOI LUT sequence or window centre/width when present (first
+    window), giving [0, 1] through the window; otherwise a min-max stretch of the stored range
+    actually used; MONOCHROME1 inverted so that bone is always bright. A plain 8-bit
+    MONOCHROME2 image without any transform is returned as uint8 unchanged.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from hamedge import decoders
+
+    decoders.install()
+    errors = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError,
+              IndexError, OverflowError, struct.error, NotImplementedError)
     try:
-        ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        header = pydicom.dcmread(handle, force=True, stop_before_pixels=True)
+    except errors as exc:
         raise DataError(f"{path}: not a readable DICOM file ({_one_line(exc)})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    frame_bytes = _check_dicom_header(path, header)
+    handle.seek(0)
+    try:
+        ds = pydicom.dcmread(handle, force=True)
+    except errors as exc:
+        raise DataError(f"{path}: not a readable DICOM file ({_one_line(exc)})") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if frame_bytes and not any(k in header for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) \
+                and len(ds) < len(header):
+            raise DataError(f"{path}: file is truncated (it ends inside its pixel data)")
         raise DataError(f"{path}: DICOM file has no pixel data")
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         # Files without meta information: assume the DICOM default (implicit VR little endian).
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     syntax = ds.file_meta.TransferSyntaxUID
+    if not getattr(syntax, "is_transfer_syntax", False):
+        raise DataError(f"{path}: unknown DICOM transfer syntax {str(syntax)[:64]!r}")
+    if "PixelData" in ds and getattr(syntax, "is_compressed", False):
+        from pydicom.pixels import get_decoder
+
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise DataError(f"{path}: {decoders.missing_hint(syntax)}")
     try:
+        ds.pixel_array_options(index=0)  # the first frame only: never all frames of a multi-frame
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        text = str(exc).lower()
-        if getattr(syntax, "is_compressed", False) and ("missing" in text or "no pixel data decoders" in text
-                                                        or "not supported" in text):
-            raise DataError(f"{path}: compressed DICOM ({syntax.name}) needs a decoder that is not installed "
-                            "(e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or "
-                            "python-gdcm)") from None
-        raise DataError(f"{path}: cannot decode DICOM pixel data ({_one_line(exc).rstrip(':')}: "
-                        f"{_last_line(exc)})") from None
-    except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode DICOM pixel data ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot decode {getattr(syntax, 'name', syntax)} pixel data "
+                        f"({_decoder_failure(exc)})") from None
+    except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError, IndexError,
+            OverflowError, MemoryError, struct.error) as exc:
+        text = _one_line(exc)
+        if "fewer bytes" in text or "less than expected" in text or "end of" in text.lower():
+            raise DataError(f"{path}: pixel data is truncated ({text})") from None
+        raise DataError(f"{path}: cannot decode DICOM pixel data ({text})") from None
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise DataError(f"{path}: DICOM float pixel data holds non-finite values (NaN or infinity)")
 
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples > 1:  # pydicom converts YBR to RGB by default
         if pixels.ndim != 3:
@@ -206,10 +388,14 @@ def _read_dicom(path: Path) -> np.ndarray:
             if keyword in ds:
                 del ds[keyword]
     try:
-        has_rescale = ("RescaleSlope" in ds and float(ds.RescaleSlope) != 1.0) or \
-                      ("RescaleIntercept" in ds and float(ds.RescaleIntercept) != 0.0) or "ModalityLUTSequence" in ds
+        slope = float(ds.RescaleSlope) if "RescaleSlope" in ds else 1.0
+        intercept = float(ds.RescaleIntercept) if "RescaleIntercept" in ds else 0.0
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path}: invalid DICOM rescale slope/intercept ({_one_line(exc)})") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise DataError(f"{path}: invalid DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} "
+                        "(must be finite, slope non-zero)")
+    has_rescale = slope != 1.0 or intercept != 0.0 or "ModalityLUTSequence" in ds
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     if pixels.dtype == np.uint8 and photometric == "MONOCHROME2" and not has_rescale and not has_voi:
         return np.ascontiguousarray(pixels)
@@ -218,6 +404,9 @@ def _read_dicom(path: Path) -> np.ndarray:
 
     try:
         data = apply_modality_lut(pixels, ds).astype(np.float64)
+        if not np.isfinite(data).all():
+            raise DataError(f"{path}: rescaled pixel values overflow (RescaleSlope {slope:g}, "
+                            f"RescaleIntercept {intercept:g})")
         if "VOILUTSequence" in ds:
             item = ds.VOILUTSequence[0]
             data = apply_voi_lut(pixels if not has_rescale else data, ds, index=0).astype(np.float64)
@@ -226,16 +415,60 @@ def _read_dicom(path: Path) -> np.ndarray:
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             center = _first(ds.WindowCenter)
             width = max(_first(ds.WindowWidth), 1.0)
+            if not (np.isfinite(center) and np.isfinite(width)):
+                raise DataError(f"{path}: invalid DICOM window (centre {center:g}, width {width:g})")
             # DICOM PS3.3 C.11.2.1.2.1 linear window, mapped to [0, 1].
             out = np.clip((data - (center - 0.5)) / (width - 1.0) + 0.5, 0, 1) if width > 1 else \
                 (data >= center).astype(np.float64)
         else:
             out = _minmax(data).astype(np.float64)
+    except DataError:
+        raise
     except Exception as exc:  # any malformed LUT/window/rescale value: one-line DataError
         raise DataError(f"{path}: invalid DICOM LUT or window ({_one_line(exc)})") from None
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _check_dicom_header(path: Path, ds) -> int:
+    """Size checks from the header alone; returns the declared bytes of one frame (0: no image)."""
+    def number(keyword: str, default: int | None) -> int | None:
+        value = ds.get(keyword, None)
+        value = getattr(value, "value", value)
+        if value is None or _is_empty(value):
+            return default
+        try:
+            return int(value[0] if isinstance(value, (list, tuple)) else value)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: DICOM {keyword} is not a number ({str(value)[:40]!r})") from None
+
+    rows, columns = number("Rows", None), number("Columns", None)
+    if rows is None and columns is None:
+        return 0
+    samples = number("SamplesPerPixel", 1)
+    bits = number("BitsAllocated", 16)
+    frames = number("NumberOfFrames", 1)
+    if not rows or not columns or rows < 0 or columns < 0:
+        raise DataError(f"{path}: DICOM Rows x Columns is {rows}x{columns}")
+    if samples not in (1, 3, 4) or bits not in (1, 8, 16, 32, 64) or frames < 1:
+        raise DataError(f"{path}: DICOM header out of range (SamplesPerPixel {samples}, BitsAllocated "
+                        f"{bits}, NumberOfFrames {frames})")
+    check_size(path, columns, rows, samples, bits)
+    frame_bytes = rows * columns * samples * bits // 8
+    if frame_bytes * frames > MAX_DICOM_BYTES:
+        raise DataError(f"{path}: DICOM pixel data of {frames} frame(s) of {columns}x{rows} would take "
+                        f"{frame_bytes * frames / 2**20:.0f} MiB, over the {MAX_DICOM_BYTES >> 20} MiB limit")
+    return frame_bytes
+
+
+def _decoder_failure(exc: BaseException) -> str:
+    """pydicom lists each plugin's failure on its own line: join them into one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    text = "; ".join(lines) or type(exc).__name__
+    return text[:300]
 
 
 def _is_empty(value) -> bool:
@@ -260,27 +493,33 @@ def _first(value) -> float:
 # Finding files
 
 
-def find_images(root: str | os.PathLike, glob: str | None = None,
-                recursive: bool = True) -> tuple[list[Path], dict[str, int]]:
+def find_images(root: str | os.PathLike, glob: str | None = None, recursive: bool = True,
+                exclude: Iterable[str | os.PathLike] = (),
+                prune: Callable[[str], bool] | None = None) -> tuple[list[Path], dict[str, int]]:
     """Image files under ``root`` (a folder, or one file), sorted.
 
     Hidden files and folders (leading '.') are skipped; so are files whose suffix is not an image
-    suffix unless they carry the DICOM preamble. ``glob`` (e.g. '*.png') restricts the names.
-    Returns (paths, skipped) where skipped counts {'hidden': n, 'not_image': n}.
+    suffix unless they carry the DICOM preamble, and anything that is not a regular file (FIFOs,
+    devices, sockets: never opened). Folders in ``exclude`` (e.g. the results folder), and those
+    for which ``prune(path)`` is true, are not entered. ``glob`` (e.g. '*.png') restricts the names. Returns (paths, skipped) where skipped
+    counts {'hidden': n, 'not_image': n, 'not_a_file': n}.
     """
     root = Path(root)
-    skipped = {"hidden": 0, "not_image": 0}
+    skipped = {"hidden": 0, "not_image": 0, "not_a_file": 0}
     if root.is_file():
         return [root], skipped
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
+    excluded = {os.path.realpath(e) for e in exclude}
     found: list[Path] = []
     walker: Iterable = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)
-                                                                          if e.is_file()])]
+                                                                          if not e.is_dir()])]
     for folder, dirs, files in walker:
         hidden_dirs = [d for d in dirs if d.startswith(".")]
         skipped["hidden"] += len(hidden_dirs)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(folder, d)) not in excluded
+                         and not (prune is not None and prune(os.path.join(folder, d))))
         for name in files:
             if name.startswith("."):
                 skipped["hidden"] += 1
@@ -288,7 +527,9 @@ def find_images(root: str | os.PathLike, glob: str | None = None,
             path = Path(folder) / name
             if glob is not None and not path.match(glob):
                 continue
-            if path.suffix.lower() in SUFFIXES or is_dicom(path):
+            if not is_regular_file(path):
+                skipped["not_a_file"] += 1
+            elif path.suffix.lower() in SUFFIXES or is_dicom(path):
                 found.append(path)
             else:
                 skipped["not_image"] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ _STAGE_LAYOUT: dict[tuple[bool, int], tuple[tuple[int, ...], tuple[int, ...], tu
 }
 
 SPEC_FORMAT_VERSION = 1
+MAX_INPUT_SIZE = 4096  # network input side; HAM's largest published setting is 512
+MIN_STD = 1e-3  # a smaller normalisation std turns ordinary pixel values into thousands
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class ModelSpec:
 
     # -- validation and (de)serialisation -----------------------------------------------------
     def validate(self) -> None:
+        self._validate_types()
         if self.arch not in ARCHITECTURES:
             raise SpecError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
         if self.output_stride not in (8, 16, 32):
@@ -146,6 +150,47 @@ class ModelSpec:
             raise SpecError(f"class_thresholds needs {self.num_classes} values, one per class")
         if not 0.0 < self.cam_threshold < 1.0:
             raise SpecError("cam_threshold must lie strictly between 0 and 1")
+
+    def _validate_types(self) -> None:
+        """Every field's type and range, naming the field: a spec read from a file may hold
+        anything (strings for numbers, NaN, 1e9, a list where a number belongs)."""
+        def integer(name: str, lo: int, hi: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+                raise SpecError(f"spec field {name} must be a whole number from {lo} to {hi}, not {value!r}")
+
+        def real(name: str, value, lo: float, hi: float, open_lo: bool = False) -> None:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+                and (lo < value if open_lo else lo <= value) and value <= hi
+            if not ok:
+                bound = f"over {lo}" if open_lo else f"from {lo}"
+                raise SpecError(f"spec field {name} must be a finite number {bound} to {hi}, not {value!r}")
+
+        if not isinstance(self.arch, str):
+            raise SpecError(f"spec field arch must be a string, not {self.arch!r}")
+        integer("output_stride", 1, 64)
+        integer("input_size", 32, MAX_INPUT_SIZE)
+        integer("in_channels", 1, 3)
+        for name in ("keep_maxpool", "dilation"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"spec field {name} must be true or false, not {getattr(self, name)!r}")
+        if not all(isinstance(c, str) and c.strip() for c in self.class_names):
+            raise SpecError("spec field class_names must be a list of non-empty strings")
+        for value in self.mean:
+            real("mean", value, -10.0, 10.0)
+        for value in self.std:
+            real("std", value, MIN_STD, 10.0)
+        real("lse_r", self.lse_r, 0.0, 1000.0, open_lo=True)
+        real("cam_gain", self.cam_gain, 0.0, 1e6, open_lo=True)
+        real("cam_center", self.cam_center, 0.0, 1.0)
+        real("cam_threshold", self.cam_threshold, 0.0, 1.0)
+        real("anomaly_threshold", self.anomaly_threshold, 0.0, 1.0)
+        for value in self.class_thresholds or ():
+            real("class_thresholds", value, 0.0, 1.0)
+        if not isinstance(self.description, str):
+            raise SpecError("spec field description must be a string")
+        if not isinstance(self.extra, dict):
+            raise SpecError("spec field extra must be an object")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

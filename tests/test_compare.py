@@ -50,6 +50,13 @@ def test_probability_agreement_counts_flips():
     assert out == {"max_prob_diff": pytest.approx(0.2), "flips": 1, "decisions": 3}
 
 
+def test_probability_agreement_reports_a_nan_anomaly_difference():
+    spec = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
+    probs = np.array([[0.4, 0.9]])
+    out = probability_agreement(probs, probs + 0.1, np.array([0.2]), np.array([np.nan]), spec)
+    assert np.isnan(out["max_prob_diff"])
+
+
 def _eval(aucs, tiou):
     return {"classification": {"auc": dict(zip(SPEC.class_names, aucs)),
                                "mean_auc": float(np.mean(aucs)), "anomaly_auc": 0.8},

@@ -58,6 +58,9 @@ def test_nan_never_passes_and_shapes_must_match():
     ref = outputs()
     assert not compare_outputs(ref, shifted(ref, "attention_maps", np.nan), False)["ok"]
     assert not compare_outputs(ref, shifted(ref, "class_probs", np.nan), False)["ok"]
+    # the anomaly probability is compared after the class probabilities: a NaN there must
+    # not be hidden by the finite difference before it
+    assert not compare_outputs(ref, shifted(ref, "anomaly_prob", np.nan), False)["ok"]
     got = dict(ref, attention_maps=ref["attention_maps"][:, :1])  # would broadcast silently
     with pytest.raises(ValueError, match="attention_maps"):
         compare_outputs(ref, got, False)

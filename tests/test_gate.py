@@ -134,6 +134,31 @@ def test_untagged_files_and_unreadable_headers(tmp_path):
     (tmp_path / "cut.dcm").write_bytes(b"\0" * 128 + b"DICM" + syntax + cut_sequence)
     with pytest.raises(DataError, match="not a readable DICOM header"):
         check_file(tmp_path / "cut.dcm")
+    # a Deflated Explicit VR Little Endian data set whose deflate stream is corrupt
+    import struct
+
+    deflated = b"1.2.840.10008.1.2.1.99\0"
+    element = b"\x02\x00\x10\x00UI" + struct.pack("<H", len(deflated)) + deflated
+    meta = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(element)) + element
+    (tmp_path / "deflate.dcm").write_bytes(b"\0" * 128 + b"DICM" + meta + b"\x12\x34not zlib" * 4)
+    with pytest.raises(DataError, match="not a readable DICOM header"):
+        check_file(tmp_path / "deflate.dcm")
+
+
+def test_a_malformed_sop_class_element_is_a_refusal_not_a_pydicom_exception(tmp_path):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from hamedge.gate import decide
+
+    header = Dataset()
+    header.Modality = "CR"
+    # SOP Class UID stored with VR US and an odd length: pydicom raises on every access
+    header[0x00080016] = RawDataElement(Tag(0x00080016), "US", 3, b"\x01\x02\x03", 0, False, True)
+    verdict = decide(header)
+    assert verdict.verdict == REFUSED and "SOP Class UID" in verdict.reason
+    assert "SOPClassName" not in verdict.tags
 
 
 # --- hamedge infer and hamedge.load apply it --------------------------------------------------

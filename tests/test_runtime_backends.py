@@ -230,6 +230,18 @@ def test_onnxruntime_on_cuda_runs_the_symmetric_int8_graph(bundle_dir):
     assert bundle.path_for("int8", graph_target(["CPUExecutionProvider"])).name == "model.int8.cpu.onnx"
 
 
+def test_onnxruntime_cuda_device_index_reaches_the_provider():
+    from hamedge.runtime.onnxruntime import choose_providers, graph_target
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda", both) == both
+    chosen = choose_providers("cuda:1", both)
+    assert chosen == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert graph_target(chosen) == "tensorrt"
+    with pytest.raises(HamedgeError, match="unknown device 'cudax'"):
+        choose_providers("cudax", both)
+
+
 def test_onnxruntime_opens_the_graph_for_its_provider(bundle_dir, monkeypatch):
     """Open with the CUDA provider chosen (the real session then refuses a provider this
     onnxruntime lacks, so the path it was given is what we check)."""

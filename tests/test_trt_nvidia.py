@@ -17,7 +17,7 @@ from hamedge.errors import BackendUnavailable, HamedgeError
 from hamedge.spec import ModelSpec
 from hamedge.trt import cuda as trt_cuda
 from hamedge.trt.build import build_engine, features, network_flags
-from hamedge.trt.engines import BatchProfile, GpuInfo, gpu_info, record_plugin, select_engine
+from hamedge.trt.engines import GpuInfo, gpu_info, record_plugin, select_engine
 from trt_fakes import (FakeCudart, FakeCudaState, FakePyCudaDriver, cudaError_t, fake_tensorrt)
 
 SPEC = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=("A", "B"))
@@ -69,6 +69,17 @@ def test_cuda_graph_capture_works_on_every_cuda_python(bundle, monkeypatch, majo
         assert backend.last_inference_time() == pytest.approx(1.5e-3)
     assert cudart.calls.count("instantiate") == 1 and cudart.calls.count("launch") == 2
     assert "event-in-capture" not in cudart.calls  # timing events stay outside the graph
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:1", "GPU"])
+def test_a_device_it_would_not_run_on_is_refused(bundle, monkeypatch, device):
+    trt, _ = fake_tensorrt("10.3")
+    use_gpu(monkeypatch, trt, FakeCudart(12))
+    build_engine(bundle, "fp16", trt=trt, gpu=ORIN)
+    with pytest.raises(HamedgeError, match=f"not '{device}'"):
+        open_trt(bundle, precision="fp16", device=device)
+    with open_trt(bundle, precision="fp16", device="cuda:0") as backend:
+        assert backend.run(BATCH).class_probs.shape[0] == 2
 
 
 def test_fake_cudart_instantiate_differs_like_the_real_versions():
@@ -213,8 +224,6 @@ def test_dla_build_uses_one_fixed_batch_and_fp16_or_int8(bundle, monkeypatch):
     assert "GPU_FALLBACK" in calls["flags"] and "FP16" in calls["flags"]
     with pytest.raises(HamedgeError, match="DLA runs fp16 or int8"):
         build_engine(bundle, "fp32", dla_core=0, trt=trt, gpu=ORIN)
-    with pytest.raises(HamedgeError, match="min = opt = max"):
-        BatchProfile(1, 4, 8).check_dla()
 
 
 def test_dla_runtime_sets_the_core_before_deserialising_and_pads_the_batch(bundle, monkeypatch):

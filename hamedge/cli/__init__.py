@@ -9,7 +9,7 @@ from hamedge.cli.app import app, run_app
 # Importing these registers their commands on `app`. Heavy imports (torch, onnx) stay inside
 # the command functions so that `hamedge --help` and `hamedge infer` start fast without torch.
 from hamedge.cli import (  # noqa: E402,F401
-    data_cmds, train_cmds, model_cmds, export_cmds, infer_cmds, bench_cmds, demo_cmds,
+    data_cmds, train_cmds, model_cmds, export_cmds, infer_cmds, bench_cmds, demo_cmds, doctor_cmds,
 )
 
 

@@ -7,8 +7,12 @@ Exit codes: 0 every input was read and run, or refused by the input gate (a row 
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
+import os
+import re
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,6 +23,105 @@ from hamedge.errors import HamedgeError
 from hamedge.runtime.registry import help_text as backend_help, precision_help
 
 DEFAULT_OUT = "hamedge-out"
+_native_log = logging.getLogger("hamedge.native")
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder hamedge can create and write, checked before any work starts."""
+    if out.exists() and not out.is_dir():
+        raise HamedgeError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".hamedge-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HamedgeError(f"--out {out}: cannot create or write this folder "
+                           f"({exc.strerror or type(exc).__name__})") from None
+
+
+def check_choices(backend: str, precision: str, device: str | None) -> None:
+    from hamedge.runtime import BACKENDS, PRECISIONS
+
+    if backend not in BACKENDS:
+        raise HamedgeError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if precision not in PRECISIONS:
+        raise HamedgeError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d{1,2})?", device):
+        raise HamedgeError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+
+
+@contextlib.contextmanager
+def native_stderr_to_log():
+    """Route what C libraries print on file descriptor 2 (libpng, OpenJPEG, GDCM, OpenCV) to the
+    'hamedge.native' log (shown with --verbose) instead of the terminal; Python's own stderr
+    (progress, summary, errors) keeps the real terminal. A no-op when stderr is not fd 2."""
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            raise ValueError
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    old_stderr = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=old_stderr.encoding,
+                      errors="backslashreplace", closefd=False)
+
+    def pump() -> None:
+        with open(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").strip()
+                if line:
+                    _native_log.info("library: %s", line)
+
+    reader = threading.Thread(target=pump, name="hamedge-stderr", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees end of file
+        reader.join(timeout=5)
+        sys.stderr = old_stderr
+        os.close(saved)
+
+
+class _TerminalHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time: the terminal, also while fd 2 is redirected
+    by native_stderr_to_log (which points sys.stderr at the saved terminal)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _verbose_log(on: bool):
+    logger = logging.getLogger("hamedge")
+    if not on:
+        return contextlib.nullcontext()
+    handler = _TerminalHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    @contextlib.contextmanager
+    def attached():
+        logger.addHandler(handler)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+    return attached()
 
 
 def _progress_bar(console, total: int):
@@ -58,6 +161,8 @@ def infer(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Start afresh instead of resuming the results in --out."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Log library warnings and messages (per file) to stderr."),
     accept_any: bool = typer.Option(False, "--accept-any",
                                     help="Turn the input gate off: run every image, also those "
                                          "that are not frontal chest radiographs (research use)."),
@@ -75,26 +180,39 @@ def infer(
 
     Exit codes: 0 all inputs ok or refused, 1 some inputs failed, 2 fatal or usage error.
     """
-    from rich.console import Console
-
-    from hamedge.api import resolve_bundle
-    from hamedge.pipeline import InferOptions, model_id, run_inference
-    from hamedge.pipeline.run import usable_ood
-    from hamedge.runtime import open_backend
-
     from hamedge.gate import GateSettings
+    from hamedge.pipeline import InferOptions
 
+    # every option is checked before any work (resolve_bundle may export the demo model first)
     options = InferOptions(batch=batch, workers=workers, glob=glob, heatmaps=heatmaps,
                            all_heatmaps=all_heatmaps, overwrite=overwrite,
                            gate=GateSettings(accept_any, accept_secondary_capture),
                            dicom_out=dicom_out)
     options.validate()
+    check_choices(backend, precision, device)
     if out is None and not json_out:
         out = Path(DEFAULT_OUT)
-    console = Console(stderr=True)
     missing = [str(p) for p in paths if not p.exists()]
-    if missing:  # before resolve_bundle, which may export the demo model first
+    if missing:
         raise HamedgeError(f"{missing[0]}: no such file or folder")
+    if out is not None:
+        check_out_dir(out)
+    from hamedge.io import warnings_to_log
+
+    with _verbose_log(verbose), native_stderr_to_log(), warnings_to_log():
+        _infer(paths, model, out, backend, precision, device, options, json_out, quiet)
+
+
+def _infer(paths, model, out, backend, precision, device, options, json_out, quiet) -> None:
+    from rich.console import Console
+
+    from hamedge.api import resolve_bundle
+    from hamedge.pipeline import model_id, run_inference
+    from hamedge.pipeline.run import usable_ood
+    from hamedge.pipeline.store import json_line
+    from hamedge.runtime import open_backend
+
+    console = Console(stderr=True)
     bundle = resolve_bundle(model)
     with open_backend(bundle, backend, precision, device, use="throughput") as runner:
         if backend == "auto" and not quiet:
@@ -104,7 +222,7 @@ def infer(
         on_record = None
         if json_out:
             def on_record(record: dict) -> None:
-                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.write(json_line(record))
                 sys.stdout.flush()
 
         show = not quiet and console.is_terminal

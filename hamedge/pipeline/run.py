@@ -13,6 +13,7 @@ or writer failure is fatal (exit 2). Exit codes: 0 every input ok, 1 some inputs
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
@@ -30,11 +31,17 @@ from hamedge.gate import OFF, GateSettings
 from hamedge.heatmap import HEATMAP_FORMATS, save_heatmap
 from hamedge.io import SUFFIXES
 from hamedge.pipeline.prediction import predictions_from_outputs
-from hamedge.pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, ResultsStore
+from hamedge.pipeline.store import (HEATMAP_DIR, STATUS_ERROR, STATUS_OK, STATUS_REFUSED, ResultsStore,
+                                    is_results_folder, safe_record)
+
+_log = logging.getLogger("hamedge.pipeline")
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_FATAL = 2
+# Upper bounds keep memory bounded: at most max(2 x batch, batch + 2 x workers) images in flight.
+MAX_BATCH = 1024
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -50,10 +57,10 @@ class InferOptions:
     dicom_out: str | os.PathLike | None = None  # folder for DICOM SR + Secondary Capture results
 
     def validate(self) -> None:
-        if self.batch < 1:
-            raise HamedgeError("--batch must be at least 1")
-        if self.workers < 1:
-            raise HamedgeError("--workers must be at least 1")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise HamedgeError(f"--batch must be between 1 and {MAX_BATCH}, not {self.batch}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise HamedgeError(f"--workers must be between 1 and {MAX_WORKERS}, not {self.workers}")
         if self.heatmaps not in HEATMAP_FORMATS:
             raise HamedgeError(f"--heatmaps must be one of {', '.join(HEATMAP_FORMATS)}")
         if self.dicom_out is not None and Path(self.dicom_out).exists() \
@@ -114,31 +121,51 @@ class _Item:
     image: np.ndarray | None = None  # kept only when an overlay needs it
     size: tuple[int, int] = (0, 0)
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # library warnings raised while reading
     refused: str | None = None  # the gate's reason
     gate: dict | None = None  # the gate's verdict and the tags it used
     header: object | None = None  # the DICOM header (no pixels), kept only for --dicom-out
 
 
-def discover(inputs, glob: str | None = None) -> tuple[list[Path], dict[str, int]]:
+def results_exclusion(inputs, out_dir) -> list[str]:
+    """Folders never read as inputs: the results folder, or only its heatmaps/ when the results
+    go into an input folder itself (or one above it)."""
+    if out_dir is None:
+        return []
+    out = os.path.realpath(out_dir)
+    roots = [os.path.realpath(p) for p in inputs]
+    if any(root == out or root.startswith(out + os.sep) for root in roots):
+        return [os.path.join(out, HEATMAP_DIR)]
+    return [out]
+
+
+def discover(inputs, glob: str | None = None,
+             exclude: list[str] | None = None) -> tuple[list[Path], dict[str, int]]:
     """Files to run from paths given by the user (files or folders, walked recursively), in order,
-    without duplicates. A path that does not exist is a user error (fatal)."""
+    without duplicates, never from a folder in ``exclude`` nor from the results folder of an
+    earlier run found below an input (its heatmaps are not X-rays). A path that does not exist is a user
+    error (fatal)."""
     from hamedge.io import find_images
 
     files: list[Path] = []
-    skipped = {"hidden": 0, "not_image": 0}
+    skipped = {"hidden": 0, "not_image": 0, "not_a_file": 0}
+    excluded = [os.path.realpath(e) for e in exclude or []]
     seen = set()
     for raw in inputs:
         root = Path(raw)
         if not root.exists() and not root.is_symlink():
             raise HamedgeError(f"{root}: no such file or folder")
         if root.is_dir():
-            found, skip = find_images(root, glob)
+            found, skip = find_images(root, glob, exclude=excluded, prune=is_results_folder)
             for key, n in skip.items():
                 skipped[key] = skipped.get(key, 0) + n
         else:  # a file named explicitly is always tried (and becomes an error row if bad)
             found = [root]
         for path in found:
             key = os.path.abspath(path)
+            real = os.path.realpath(path)
+            if any(real.startswith(e + os.sep) for e in excluded):
+                continue
             if key not in seen:
                 seen.add(key)
                 files.append(path)
@@ -230,12 +257,12 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     the gate is off.
     """
     from hamedge.gate import check_file
-    from hamedge.io import read_image
+    from hamedge.io import collect_warnings, read_image_with_notes
     from hamedge.preprocess import preprocess
 
     options.validate()
     spec = backend.spec
-    files, skipped = discover(inputs, options.glob)
+    files, skipped = discover(inputs, options.glob, results_exclusion(inputs, out_dir))
     summary = RunSummary(found=len(files), skipped=skipped, backend=backend.description,
                          out_dir=str(out_dir) if out_dir is not None else None)
     if not files:
@@ -267,7 +294,9 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
             item = _Item(path, key)
             try:
                 if read_headers:  # the gate decides before any pixel is decoded
-                    verdict, header = check_file(path, options.gate)
+                    with collect_warnings() as gate_notes:
+                        verdict, header = check_file(path, options.gate)
+                    item.notes = list(gate_notes)
                     item.gate = verdict.to_dict()
                     if verdict.refused:
                         item.refused = verdict.reason
@@ -276,7 +305,8 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                         item.header = header
                 else:
                     item.gate = {"verdict": OFF}
-                image = read_image(path)
+                image, notes = read_image_with_notes(path)
+                item.notes = list(dict.fromkeys(item.notes + notes))
                 item.size = (int(image.shape[0]), int(image.shape[1]))
                 item.tensor = preprocess(image, spec, channels)
                 if keep_image or item.header is not None:  # overlays, DICOM Secondary Capture
@@ -339,6 +369,14 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     finally:
         if store is not None:
             store.close()
+
+
+def _notes_line(notes: list[str]) -> str:
+    """Library warnings of an image read that still succeeded, for its row's reason."""
+    if not notes:
+        return ""
+    more = f" (+{len(notes) - 2} more)" if len(notes) > 2 else ""
+    return "read with warnings: " + "; ".join(notes[:2]) + more
 
 
 class _Writer(threading.Thread):
@@ -414,7 +452,8 @@ class _Writer(threading.Thread):
                                         "reason": refused, "gate": item.gate})
                         item.image = item.header = None
                         continue
-                record = {"path": item.key, "status": STATUS_OK, "reason": "", **pred.to_dict()}
+                record = {"path": item.key, "status": STATUS_OK, "reason": _notes_line(item.notes),
+                          **pred.to_dict()}
                 record["path"] = item.key
                 if item.gate is not None:
                     record["gate"] = item.gate
@@ -424,6 +463,10 @@ class _Writer(threading.Thread):
                     self._write_dicom(item, pred, record)
                 records.append(record)
                 item.image = item.header = None
+        records = [safe_record(r) for r in records]
+        for item in items:
+            for note in item.notes:
+                _log.info("%s: %s", item.key, note)
         for record in records:
             if record["status"] == STATUS_OK:
                 self.summary.ok += 1

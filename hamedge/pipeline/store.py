@@ -8,7 +8,11 @@
   present in both files count as done (a kill between the two appends leaves a row in one file
   only; it is dropped and that image is run again). The files are rewritten (atomically) only
   when something had to be repaired. So after any kill and resume there is exactly one row per
-  input in each file.
+  input in each file. A CSV row with the wrong number of fields (a line cut inside a row that
+  still ends in a newline) or a JSON line that does not parse counts as damaged the same way.
+- The files always hold valid JSON: a record with a non-finite number (NaN, infinity) is turned
+  into an error row before it is written (`safe_record`), and JSON is written with
+  allow_nan=False.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -44,8 +49,48 @@ def csv_columns(class_names) -> list[str]:
     return ["path", "status", "reason", "anomaly", *class_names, "findings", "width", "height"]
 
 
+def is_results_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding the results of a hamedge run (its manifest says so)."""
+    manifest = Path(path) / MANIFEST_NAME
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > 1 << 20:
+            return False
+        return json.loads(manifest.read_text(**_TEXT)).get("format") == RESULTS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _has_non_finite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def safe_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record itself, or, when any number in it is NaN or infinite, an error row in its
+    place (a result built on such numbers is not a result)."""
+    if not _has_non_finite(record):
+        return record
+    keep = {k: record[k] for k in ("path", "width", "height") if k in record}
+    return {**keep, "status": STATUS_ERROR,
+            "reason": "the model gave non-finite outputs (NaN or infinity) for this image"}
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One record as one line of strict JSON (never a bare NaN)."""
+    return json.dumps(safe_record(record), allow_nan=False) + "\n"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
 
 
 def _cut_torn_tail(path: Path) -> bool:
@@ -142,7 +187,9 @@ class ResultsStore:
             if reader.fieldnames != self.columns:
                 raise HamedgeError(f"{self.csv_path} has other columns than this model's; "
                                    "use --overwrite or another --out")
-            return [row for row in reader if row.get("path")]
+            # a short row (a line cut inside it) gets None values, a long one a None key
+            return [row for row in reader if row.get("path") and None not in row
+                    and all(value is not None for value in row.values())]
 
     def _read_jsonl(self) -> list[dict[str, Any]]:
         if not self.jsonl_path.is_file():
@@ -151,8 +198,8 @@ class ResultsStore:
         with open(self.jsonl_path, **_TEXT) as handle:
             for line in handle:
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+                    row = json.loads(line, parse_constant=_reject_constant)
+                except ValueError:
                     continue  # only a damaged line can fail; it is dropped and re-run
                 if isinstance(row, dict) and "path" in row:
                     rows.append(row)
@@ -197,8 +244,7 @@ class ResultsStore:
         writer.writeheader()
         writer.writerows(csv_rows)
         write_text(self.csv_path, buffer.getvalue())
-        write_text(self.jsonl_path, "".join(json.dumps(r, sort_keys=False) + "\n"
-                                            for r in json_rows))
+        write_text(self.jsonl_path, "".join(json_line(r) for r in json_rows))
 
     # -- appending -----------------------------------------------------------------------------
     def csv_row(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -219,9 +265,10 @@ class ResultsStore:
         """Append one batch of records (dicts with at least path, status), durably."""
         if not records:
             return
+        records = [safe_record(r) for r in records]
         for record in records:
             record["reason"] = _one_line(record.get("reason", ""))
-        self._jsonl.write("".join(json.dumps(r) + "\n" for r in records))
+        self._jsonl.write("".join(json_line(r) for r in records))
         self._sync(self._jsonl)
         buffer = io.StringIO()
         csv.DictWriter(buffer, self.columns, lineterminator="\n").writerows(

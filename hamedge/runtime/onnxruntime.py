@@ -27,15 +27,22 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def choose_providers(device: str | None, available: list[str]) -> list[str]:
-    """device None/"auto": CUDA when the installed onnxruntime has it, else CPU; "cpu"; "cuda"."""
+def choose_providers(device: str | None, available: list[str]) -> list:
+    """device None/"auto": CUDA when the installed onnxruntime has it, else CPU; "cpu"; "cuda";
+    "cuda:N" (the CUDA provider on GPU N, as ONNX Runtime's (name, options) pair)."""
     device = (device or "auto").lower()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
+        index = device[len("cuda"):]
+        if index and not (index.startswith(":") and index[1:].isdigit()):
+            raise HamedgeError(f"unknown device {device!r} for onnxruntime (cuda or cuda:N)")
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailable("this onnxruntime has no CUDA provider "
                                      "(install onnxruntime-gpu, or use --device cpu)")
+        if index:
+            return [("CUDAExecutionProvider", {"device_id": int(index[1:])}),
+                    "CPUExecutionProvider"]
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device != "auto":
         raise HamedgeError(f"unknown device {device!r} for onnxruntime (cpu, cuda or auto)")

@@ -34,12 +34,12 @@ def resolve_backend(bundle, backend: str = AUTO, precision: str = "fp32",
     check_precision(precision)
     if backend != AUTO:
         return backend, "asked for"
-    from hamedge.runtime import tensorrt as trt_backend
+    from hamedge.trt.engines import gpu_info, select_engine, tensorrt_version
 
     if probe:
-        trt_version = trt_backend.tensorrt_version()
-        gpu = trt_backend.gpu_info() if trt_version else None
-    record, reasons = trt_backend.select_engine(bundle.engines, gpu, trt_version, precision)
+        trt_version = tensorrt_version()
+        gpu = gpu_info() if trt_version else None
+    record, reasons = select_engine(bundle.engines, gpu, trt_version, precision)
     if record is not None:
         return "tensorrt", f"engine {record.plan} matches {gpu.name}, TensorRT {trt_version}"
     no_trt = "no TensorRT engine: " + "; ".join(reasons)

@@ -27,8 +27,8 @@ import numpy as np
 
 from hamedge.errors import BackendUnavailable, HamedgeError
 from hamedge.runtime.base import OUTPUT_NAMES, Backend, RawOutputs
-# Probing and engine selection live in hamedge.trt.engines; named here too for callers that
-# reach them through the backend's module (runtime.select, bench).
+# Probing and engine selection live in hamedge.trt.engines; also importable from here, the
+# backend's module, as older callers do.
 from hamedge.trt.engines import (GpuInfo, engine_mismatch, gpu_info, record_plugin,  # noqa: F401
                                  select_engine, tensorrt_version)
 
@@ -83,6 +83,11 @@ class TensorRTBackend(Backend):
                  dla_core: int | None = None, fused_plugin: bool = False,
                  plugin_library=None) -> None:
         self.check_precision(precision)
+        if (device or "auto").lower() not in ("auto", "cuda", "cuda:0"):
+            # buffers, engine selection and builds all use GPU 0: another device is refused
+            # rather than run somewhere the caller did not ask for
+            raise HamedgeError(f"the tensorrt backend runs on the first CUDA GPU (cuda or "
+                               f"cuda:0), not {device!r}")
         try:
             import tensorrt as trt
         except ImportError:

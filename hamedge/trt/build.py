@@ -25,7 +25,7 @@ from hamedge.bundle import PLUGIN_GRAPH, EngineRecord
 from hamedge.errors import BackendUnavailable, HamedgeError
 from hamedge.fsutil import write_bytes
 from hamedge.trt.engines import (DLA_PRECISIONS, BatchProfile, engine_filename, gpu_info,
-                                 timing_cache_path)
+                                 timing_cache_path, version_tuple)
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 PLUGIN_KINDS = ("python", "library")
@@ -46,13 +46,6 @@ def features(trt: Any) -> dict[str, bool]:
     }
 
 
-def _major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return 0
-
-
 def network_flags(trt: Any, feats: dict[str, bool], python_plugin: bool = False) -> int:
     """Bits for create_network. 8.x needs EXPLICIT_BATCH. Without precision flags (11.x) the
     network is strongly typed by itself and STRONGLY_TYPED is deprecated and ignored there; a
@@ -61,9 +54,9 @@ def network_flags(trt: Any, feats: dict[str, bool], python_plugin: bool = False)
     refuses to choose): the AOT one, so the engine runs without Python."""
     net = getattr(trt, "NetworkDefinitionCreationFlag", None)
     flags = 0
-    if feats["explicit_batch_flag"] and _major(trt.__version__) < 10:
+    if feats["explicit_batch_flag"] and version_tuple(trt.__version__)[0] < 10:
         flags |= 1 << int(net.EXPLICIT_BATCH)
-    if not feats["fp16_flag"] and feats["strongly_typed_flag"] and _major(trt.__version__) < 11:
+    if not feats["fp16_flag"] and feats["strongly_typed_flag"] and version_tuple(trt.__version__)[0] < 11:
         flags |= 1 << int(net.STRONGLY_TYPED)
     if python_plugin and feats["prefer_aot_flag"]:
         flags |= 1 << int(net.PREFER_AOT_PYTHON_PLUGINS)
@@ -197,7 +190,6 @@ def build_engine(bundle, precision: str = "fp16", min_batch: int = 1, opt_batch:
     config = builder.create_builder_config()
     settings = configure(trt, builder, config, feats, precision, workspace_mib, dla_core)
     if dla_core is not None:
-        profile.check_dla()
         settings.append(f"batch={profile.max} (DLA: fixed)")
     graph = bundle.graph
     profile_obj = builder.create_optimization_profile()

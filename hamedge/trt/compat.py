@@ -312,7 +312,9 @@ def check_graphs(paths, versions=tuple(PARSERS)) -> dict[str, dict[str, dict[str
 def summary_lines(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """One line per parser version (every graph), then one per problem."""
     lines = []
-    versions = sorted({v for per in results.values() for v in per}, key=_version_key)
+    from hamedge.trt.engines import version_tuple
+
+    versions = sorted({v for per in results.values() for v in per}, key=version_tuple)
     for version in versions:
         verdicts = []
         for graph, per in results.items():
@@ -326,7 +328,3 @@ def summary_lines(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             for problem in per.get(version, {}).get("problems", [])[:5]:
                 lines.append(f"  {graph}: {problem}")
     return lines
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())

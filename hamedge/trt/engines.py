@@ -97,7 +97,7 @@ def engine_mismatch(record, gpu: GpuInfo, trt_version: str, precision: str,
     if record.gpu_name != gpu.name or record.compute_capability != gpu.compute_capability:
         return (f"engine {record.plan} was built for {record.gpu_name} (sm {record.compute_capability}), "
                 f"this GPU is {gpu.name} (sm {gpu.compute_capability})")
-    if _version_key(record.trt_version) != _version_key(trt_version):
+    if version_tuple(record.trt_version) != version_tuple(trt_version):
         return (f"engine {record.plan} was built with TensorRT {record.trt_version}, "
                 f"this is TensorRT {trt_version}")
     if record.dla_core != dla_core:
@@ -109,8 +109,14 @@ def engine_mismatch(record, gpu: GpuInfo, trt_version: str, precision: str,
     return None
 
 
-def _version_key(version: str) -> tuple[str, ...]:
-    return tuple(str(version).split(".")[:3])
+def version_tuple(version: str) -> tuple[int, ...]:
+    """The major.minor.patch numbers of a TensorRT version ("10.3.0.30" -> (10, 3, 0)); a part
+    without digits counts as 0."""
+    parts = []
+    for piece in str(version).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def select_engine(records, gpu: GpuInfo | None, trt_version: str | None, precision: str,
@@ -181,11 +187,6 @@ class BatchProfile:
         """DLA needs min = opt = max ("If run on DLA, minimum, optimum, and maximum dimensions
         must to be the same": NvInferRuntime.h IOptimizationProfile::setDimensions, release/10.3)."""
         return cls(batch, batch, batch)
-
-    def check_dla(self) -> None:
-        if not self.min == self.opt == self.max:
-            raise HamedgeError(f"a DLA engine needs one fixed batch (min = opt = max), got "
-                               f"{self.min}/{self.opt}/{self.max}")
 
 
 def engine_filename(gpu_name: str, trt_version: str, precision: str, profile: BatchProfile,
