@@ -80,8 +80,9 @@ class GraphInfo:
     def __post_init__(self) -> None:
         for name in ("input_channels", "input_size", "feature_size", "opset"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-                raise BundleError(f"graph field {name} must be a positive whole number, not {value!r}")
+            lowest = 0 if name == "opset" else 1  # opset 0: a graph described outside a bundle
+            if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= 1_000_000:
+                raise BundleError(f"graph field {name} must be a whole number from {lowest}, not {value!r}")
         if not isinstance(self.input_name, str) or not isinstance(self.dynamic_batch, bool):
             raise BundleError("graph fields input_name (a string) and dynamic_batch (true/false) are invalid")
         if not all(isinstance(n, str) for n in self.output_names):
