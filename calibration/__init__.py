@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hamedge.calibration.data import CalibrationSet, load_calibration_set  # noqa: F401
-from hamedge.calibration.guard import Budget, compare, evaluate_graph
+from hamedge.calibration.guard import (Budget, bf16_refusal, compare, evaluate_graph,
+                                       guard_backends)
 from hamedge.calibration.quantize import (calibrate, layer_sensitivity, qdq_problems, quantize,
                                   quantizable_nodes)
 from hamedge.bundle import INT8_GRAPHS, TARGETS, GraphInfo
@@ -44,6 +45,7 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
 
     out_dir = Path(out_dir)
     ranges_path = out_dir / ".calibration.ranges.json"
+    backends = guard_backends()
     refined = graph.heatmaps == "refined"
     try:
         # small batches: the calibrator holds every activation of a batch (see quantize._reader)
@@ -56,6 +58,7 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
                 "held-out images")
             ref, ref_maps = evaluate_graph(fp32_path, val_set, spec, graph.input_channels,
                                            refined, limit=val_limit)
+            log(f"guard: INT8 graphs checked on {', '.join(backends)}")
         excluded: list[str] = []
         rounds: list[dict[str, Any]] = []
         for round_no in range(max_rounds + 1):
@@ -69,9 +72,8 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
                                        f"{problems[0]}")
                 entry: dict[str, Any] = {"file": INT8_GRAPHS[target], "float_nodes": len(kept)}
                 if ref is not None:
-                    got, maps = evaluate_graph(path, val_set, spec, graph.input_channels, refined,
-                                               limit=val_limit)
-                    entry.update(compare(ref, ref_maps, got, maps, spec, budget, refined))
+                    entry.update(_guard_graph(path, backends, ref, ref_maps, val_set, spec, graph,
+                                              budget, val_limit))
                 results[target] = entry
             passed = all(r.get("passed", True) for r in results.values())
             rounds.append({"round": round_no, "excluded": list(excluded), "passed": passed,
@@ -114,6 +116,9 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
             "budget": budget.to_dict(),
             "validation": None if ref is None else _validation(val_set, ref, val_info),
             "accuracy": {t: results[t] for t in targets} if ref is not None else None,
+            "guard_backends": list(backends) if ref is not None else [],
+            "bf16": None if ref is None else _guard_bf16(fp32_path, ref, ref_maps, val_set, spec,
+                                                          graph, budget, val_limit, log),
             "rounds": rounds,
             "passed": passed if ref is not None else None,
             "warnings": list(calib.warnings),
@@ -129,6 +134,42 @@ def build_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, spec: M
     finally:
         if ranges_path.exists():
             ranges_path.unlink()
+
+
+def _guard_graph(path, backends, ref, ref_maps, val_set, spec, graph, budget, val_limit
+                 ) -> dict[str, Any]:
+    """One INT8 graph on every guarded backend. The top-level keys stay ONNX Runtime's full entry
+    (what bundles before per-backend entries had); "backends" holds each backend's verdict and
+    "passed" is True only when every backend passed."""
+    refined = graph.heatmaps == "refined"
+    per_backend: dict[str, Any] = {}
+    full: dict[str, Any] = {}
+    for backend in backends:
+        got, maps = evaluate_graph(path, val_set, spec, graph.input_channels, refined,
+                                   limit=val_limit, backend=backend)
+        result = compare(ref, ref_maps, got, maps, spec, budget, refined)
+        full = full or result
+        per_backend[backend] = _short(result)
+    failures = [f"{b}: {f}" for b, r in per_backend.items() for f in r["failures"]]
+    return {**full, "backends": per_backend,
+            "passed": all(r["passed"] for r in per_backend.values()), "failures": failures}
+
+
+def _guard_bf16(fp32_path, ref, ref_maps, val_set, spec, graph, budget, val_limit,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The fp32 graph run in bf16 by OpenVINO against fp32, with the INT8 budget; not measured
+    (and so not refused at run time) where OpenVINO cannot run bf16 here."""
+    reason = bf16_refusal()
+    if reason:
+        log(f"guard: bf16 not measured ({reason})")
+        return {"backend": "openvino", "measured": False, "reason": reason}
+    refined = graph.heatmaps == "refined"
+    got, maps = evaluate_graph(fp32_path, val_set, spec, graph.input_channels, refined,
+                               limit=val_limit, backend="openvino", precision="bf16")
+    result = {"backend": "openvino", "measured": True,
+              **_short(compare(ref, ref_maps, got, maps, spec, budget, refined))}
+    log(f"guard bf16 openvino: {_describe(result)}")
+    return result
 
 
 def _validation(val_set: Any, ref: dict[str, Any], info: dict | None) -> dict[str, Any]:
@@ -150,20 +191,29 @@ def _short(r: dict[str, Any]) -> dict[str, Any]:
     out.update({k: v for k, v in r.items() if k.startswith("mean_tiou@")})
     if "heatmap_agreement" in r:
         out["heatmap_mean_iou"] = r["heatmap_agreement"]["mean_iou"]
+    if r.get("probability_agreement"):
+        out["max_prob_diff"] = r["probability_agreement"]["max_prob_diff"]
+        out["decision_flips"] = r["probability_agreement"]["flips"]
+    if "backends" in r:
+        out["backends"] = {b: {k: v.get(k) for k in ("passed", "max_prob_diff")}
+                           for b, v in r["backends"].items()}
     return out
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:+.4f}"
+def _fmt(v: float | None, spec: str = "+.4f") -> str:
+    return "n/a" if v is None else format(v, spec)
 
 
 def _describe(r: dict[str, Any]) -> str:
     if "passed" not in r:
         return f"{r['file']} written (accuracy not measured)"
     tiou = next((v for k, v in r.items() if k.startswith("mean_tiou@")), None)
-    agree = r["heatmap_agreement"]["mean_iou"]
+    agree = r["heatmap_agreement"]["mean_iou"] if "heatmap_agreement" in r else r.get(
+        "heatmap_mean_iou")
+    if "backends" in r:
+        return "; ".join(f"{b}: {_describe(v)}" for b, v in r["backends"].items())
     return (f"mean AUC {_fmt(r['mean_auc_delta'])}, anomaly AUC {_fmt(r['anomaly_auc_delta'])}, "
-            f"T(IoU) {_fmt(tiou)}, heatmap IoU vs fp32 "
+            f"T(IoU) {_fmt(tiou)}, max prob diff {_fmt(r.get('max_prob_diff'), '.4f')}, heatmap IoU vs fp32 "
             f"{'n/a' if agree is None else f'{agree:.3f}'} -> {'pass' if r['passed'] else 'FAIL'}")
 
 

@@ -400,6 +400,25 @@ class Bundle:
             return None
         return json.loads((self.root / CALIBRATION_FILE).read_text(encoding="utf-8"))
 
+    def guard_refusal(self, backend: str, precision: str, rel: str | None = None) -> str | None:
+        """Why the export's accuracy guard rejected ``precision`` on ``backend`` (for int8: the
+        graph ``rel``), or None: passed, or not measured (no guard, bundles from before the
+        per-backend checks, a backend the guard could not run at export)."""
+        cal = self.calibration or {}
+        if precision == "bf16":
+            entry, what = cal.get("bf16") or {}, "bf16"
+        elif precision == "int8":
+            target = next((t for t, f in INT8_GRAPHS.items() if f == rel), None)
+            accuracy = (cal.get("accuracy") or {}).get(target) or {}
+            entry, what = (accuracy.get("backends") or {}).get(backend) or {}, rel
+        else:
+            return None
+        if entry.get("passed") is not False:
+            return None
+        why = "; ".join(entry.get("failures") or []) or "outside the accuracy budget"
+        return (f"the export's accuracy guard rejected {what} on {backend} ({why}); use another "
+                "precision or backend, or re-export with a wider budget")
+
     @property
     def weights_path(self) -> Path | None:
         return self.root / WEIGHTS_FILE if WEIGHTS_FILE in self.files else None

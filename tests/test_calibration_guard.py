@@ -108,3 +108,76 @@ def test_guard_runs_a_graph_on_the_backend_that_will_deploy_it(tmp_path):
     ov, ov_maps = evaluate_graph(bundle.root / "model.onnx", val, spec, 1, backend="openvino")
     assert ov["classification"]["mean_auc"] == pytest.approx(ort["classification"]["mean_auc"], abs=1e-6)
     np.testing.assert_allclose(ov_maps, ort_maps, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_graph_rejected_for_one_backend_is_refused_there_only(tmp_path, monkeypatch):
+    """OpenVINO's results on the U8S8 graph forced outside the budget at export: calibration.json
+    records the verdict per backend, ONNX Runtime still runs that graph, OpenVINO runs the other
+    one (the fallback), and with no graph left OpenVINO refuses with the guard's reason."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    import hamedge.calibration as calibration
+    from hamedge.bundle import Bundle, BundleWriter
+    from hamedge.calibration.data import load_calibration_set, synthetic_heldout
+    from hamedge.datasets import load_dataset
+    from hamedge.errors import HamedgeError
+    from hamedge.model.graph import export_onnx
+    from hamedge.model.network import random_model
+    from hamedge.runtime.onnxruntime import OnnxRuntimeBackend
+    from hamedge.runtime.openvino import OpenVINOBackend
+    from hamedge.synth import SYNTH_CLASSES
+
+    spec = ModelSpec(arch="resnet18", output_stride=16, input_size=64, class_names=SYNTH_CLASSES)
+    exported = export_onnx(random_model(spec, 0), simplify=False)
+    calib_root = synthetic_heldout(spec, 8, 5, tmp_path / "calib", size=spec.input_size)
+    val = load_dataset(synthetic_heldout(spec, 12, 6, tmp_path / "val", size=spec.input_size),
+                       split="test", class_names=spec.class_names)
+    with pytest.warns(UserWarning):
+        calib = load_calibration_set(calib_root, spec, 1, count=8)
+    real = calibration.evaluate_graph
+
+    def openvino_worse_on_cpu_graph(path, *args, backend="onnxruntime", **kwargs):
+        result, maps = real(path, *args, backend=backend, **kwargs)
+        if backend == "openvino" and str(path).endswith("model.int8.cpu.onnx"):
+            cls = dict(result["classification"])
+            cls["mean_auc"] = cls["mean_auc"] - 2.0  # far outside any budget
+            result = {**result, "classification": cls}
+        return result, maps
+
+    monkeypatch.setattr(calibration, "evaluate_graph", openvino_worse_on_cpu_graph)
+    with BundleWriter(tmp_path / "b.hamedge") as writer:
+        fp32 = writer.path("model.onnx")
+        fp32.write_bytes(exported.model.SerializeToString())
+        record = calibration.build_int8(fp32, writer.tmp, spec, exported.graph, calib, "seed0",
+                                        val_set=val, budget=Budget(1.0, 1.0), max_rounds=0,
+                                        enforce_budget=False, log=lambda line: None)
+        writer.write_json("calibration.json", record)
+        writer.write_spec(spec, exported.graph, {"checkpoint_sha256": "seed0"})
+        writer.commit()
+
+    cpu, trt = record["accuracy"]["cpu"], record["accuracy"]["tensorrt"]
+    assert record["guard_backends"] == ["onnxruntime", "openvino"]
+    assert cpu["backends"]["onnxruntime"]["passed"] and not cpu["backends"]["openvino"]["passed"]
+    assert cpu["passed"] is False and record["passed"] is False
+    assert trt["passed"] and set(trt["backends"]) == {"onnxruntime", "openvino"}
+    assert 0 <= cpu["backends"]["openvino"]["max_prob_diff"] < 1
+    assert "mean_auc_delta" in cpu and "mean_tiou@0.3_delta" in cpu  # the old keys stay
+    assert record["bf16"]["backend"] == "openvino"
+    assert record["bf16"]["measured"] or record["bf16"]["reason"]
+
+    bundle = Bundle.open(tmp_path / "b.hamedge")
+    assert bundle.guard_refusal("onnxruntime", "int8", "model.int8.cpu.onnx") is None
+    reason = bundle.guard_refusal("openvino", "int8", "model.int8.cpu.onnx")
+    assert "rejected model.int8.cpu.onnx on openvino" in reason and "mean AUC drop" in reason
+    with OnnxRuntimeBackend(bundle, "int8", device="cpu") as ort:
+        assert ort.model_path.name == "model.int8.cpu.onnx"
+    with OpenVINOBackend(bundle, "int8", device="cpu") as ov:
+        assert ov.model_path.name == "model.int8.onnx"
+
+    # the other graph rejected as well: OpenVINO refuses in one line, ONNX Runtime still runs
+    monkeypatch.setattr(Bundle, "guard_refusal", lambda self, backend, precision, rel=None:
+                        "rejected" if backend == "openvino" else None)
+    with pytest.raises(HamedgeError, match="rejected"):
+        OpenVINOBackend(bundle, "int8", device="cpu")
+    with OnnxRuntimeBackend(bundle, "int8", device="cpu") as ort:
+        assert ort.model_path.name == "model.int8.cpu.onnx"

@@ -70,6 +70,13 @@ def test_int8_bundle_contents(int8_bundle, ckpt):
         acc = cal["accuracy"][target]
         assert set(acc["auc_delta"]) == set(SYNTH_CLASSES)
         assert "mean_tiou@0.3_delta" in acc and acc["heatmap_agreement"]["mean_iou"] is not None
+        # every installed CPU backend that may run the graph is guarded on its own arithmetic
+        assert set(acc["backends"]) == set(cal["guard_backends"]) >= {"onnxruntime"}
+        for verdict in acc["backends"].values():
+            assert verdict["passed"] and 0 <= verdict["max_prob_diff"] < 1
+            assert "mean_auc_delta" in verdict and "mean_tiou@0.3_delta" in verdict
+        assert b.guard_refusal("onnxruntime", "int8", acc["file"]) is None
+    assert cal["bf16"]["measured"] or cal["bf16"]["reason"]
     assert b.path_for("int8", "tensorrt").name == "model.int8.onnx"
     assert oct(os.stat(int8_bundle).st_mode & 0o777) != "0o700"
 

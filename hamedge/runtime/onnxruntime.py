@@ -58,6 +58,20 @@ def graph_target(providers: list[str]) -> str:
     return "cpu" if providers[0] == "CPUExecutionProvider" else "tensorrt"
 
 
+def _guarded_int8(bundle, path: Path) -> Path:
+    """``path``, or the bundle's other INT8 graph when the export guard rejected ``path`` for
+    ONNX Runtime and passed the other; refused with the guard's reason when it rejected both."""
+    from hamedge.bundle import INT8_GRAPHS
+
+    refusal = bundle.guard_refusal("onnxruntime", "int8", path.name)
+    if refusal is None:
+        return path
+    for rel in INT8_GRAPHS.values():
+        if rel != path.name and bundle.has(rel) and not bundle.guard_refusal("onnxruntime", "int8", rel):
+            return bundle.root / rel
+    raise HamedgeError(refusal)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     # A bundle has no fp16 graph (TensorRT lowers fp32 itself) and running fp32 under an fp16
@@ -71,10 +85,13 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None, use: str = "latency") -> None:
         self.check_precision(precision)
         providers = choose_providers(device, available_providers())
+        path = bundle.path_for(precision, graph_target(providers))
+        if precision == "int8":
+            path = _guarded_int8(bundle, path)
         # "throughput" (folder runs): idle intra-op threads sleep instead of spinning on the cores
         # the pipeline's readers and heatmap writers need (benchmarks/infer_bound.py)
-        self._open(bundle.path_for(precision, graph_target(providers)), bundle.spec, bundle.graph,
-                   precision, providers, threads, spinning=use != "throughput")
+        self._open(path, bundle.spec, bundle.graph, precision, providers, threads,
+                   spinning=use != "throughput")
 
     @classmethod
     def from_graph(cls, path, spec, graph, precision: str = "fp32", device: str | None = "cpu",

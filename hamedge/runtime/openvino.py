@@ -101,6 +101,8 @@ class OpenVINOBackend(Backend):
         self.check_precision(precision)
         if use not in USES:
             raise HamedgeError(f"unknown use {use!r} for openvino ({' or '.join(USES)})")
+        if precision == "bf16" and bundle.guard_refusal(self.name, "bf16"):
+            raise HamedgeError(bundle.guard_refusal(self.name, "bf16"))
         if precision == "int8":
             path, self.int8_choice = self._fastest_int8(bundle, device, threads, use, cache)
         else:
@@ -164,6 +166,11 @@ class OpenVINOBackend(Backend):
         files = [rel for rel in INT8_GRAPHS.values() if bundle.has(rel)]
         if not files:
             return bundle.path_for("int8", "cpu"), None  # raises the bundle's one-line error
+        # only graphs the export guard passed for OpenVINO's arithmetic compete
+        refusals = [bundle.guard_refusal(cls.name, "int8", rel) for rel in files]
+        if all(refusals):
+            raise HamedgeError(refusals[0])
+        files = [rel for rel, refusal in zip(files, refusals) if not refusal]
         if len(files) == 1:
             return bundle.root / files[0], None
         ov = _import_openvino()
