@@ -24,19 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from hamedge.errors import HamedgeError
+from hamedge.model.reference import SPEC_CONFIG_KEYS
 
-# reference key -> (TrainConfig field, converter)
+# reference key -> (TrainConfig field, converter): the model's keys as import-reference reads them
 _FIELDS: dict[str, tuple[str, Any]] = {
     "DataRoot": ("data", str),
-    "Data_CLASSES": ("class_names", lambda v: tuple(str(c) for c in v)),
-    "arch": ("arch", str),
-    "Downsampling": ("output_stride", int),
-    "Using_pooling": ("keep_maxpool", bool),
-    "Using_dilation": ("dilation", bool),
-    "in_channels": ("in_channels", int),
-    "img_size": ("input_size", int),
-    "Means": ("mean", lambda v: tuple(float(x) for x in v)),
-    "Stds": ("std", lambda v: tuple(float(x) for x in v)),
+    **SPEC_CONFIG_KEYS,
     "batchsize": ("batch_size", int),
     "optim": ("optimizer", lambda v: str(v).lower()),
     "lr": ("lr", float),

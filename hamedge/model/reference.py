@@ -123,7 +123,8 @@ def _as_arch(v: Any) -> str:
     return v
 
 
-_CONFIG_KEYS: dict[str, tuple[str, Any]] = {
+# reference YAML key -> (ModelSpec field, converter); training/reference_config.py reads it too
+SPEC_CONFIG_KEYS: dict[str, tuple[str, Any]] = {
     "arch": ("arch", _as_arch),
     "Downsampling": ("output_stride", _as_int),
     "Using_pooling": ("keep_maxpool", _as_bool),
@@ -163,7 +164,7 @@ def spec_from_reference_config(yaml_path: str | os.PathLike | None = None,
             raise SpecError(f"{path.name} is not valid YAML: {line[:160]}") from None
         if not isinstance(config, dict):
             raise SpecError(f"{path.name} is not a reference config (expected a mapping of keys)")
-        for key, (name, convert) in _CONFIG_KEYS.items():
+        for key, (name, convert) in SPEC_CONFIG_KEYS.items():
             if key in config and config[key] is not None:
                 try:
                     fields[name] = convert(config[key])
