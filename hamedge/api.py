@@ -118,7 +118,7 @@ class Model:
 
     def _load(self, x: Any) -> tuple[np.ndarray, str | None, dict | None]:
         """(image, path, gate verdict); the verdict of a file without tags is 'untagged'."""
-        from hamedge.gate import UNTAGGED, check_file, refuse
+        from hamedge.gate import UNTAGGED, blank_reason, check_file, refuse
         from hamedge.io import read_image
 
         if isinstance(x, (str, os.PathLike)):
@@ -128,11 +128,16 @@ class Model:
                 if checked.refused:
                     raise refuse(x, checked.reason)
                 verdict = checked.to_dict()
-            return read_image(x), os.fspath(x), verdict
+            image = read_image(x)
+            if self.gate.enabled and blank_reason(image):
+                raise refuse(x, blank_reason(image))
+            return image, os.fspath(x), verdict
         if isinstance(x, np.ndarray):
             if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4)):
                 if x.dtype != np.uint8 and x.dtype.kind != "f":
                     raise DataError(f"arrays must be uint8 or float in [0, 1], not {x.dtype}")
+                if self.gate.enabled and blank_reason(x):
+                    raise refuse("array", blank_reason(x))
                 return x, None, {"verdict": UNTAGGED} if self.gate.enabled else None
             raise DataError(f"an image array must be 2-D or HxWx3, not {x.shape}")
         raise DataError(f"cannot predict on a {type(x).__name__}: give a path or a numpy array")

@@ -216,6 +216,16 @@ def check_file(path: str | os.PathLike, settings: GateSettings = GateSettings())
     return decide(header, settings), header
 
 
+def blank_reason(image) -> str:
+    """The gate's one rule on pixels, for every input: an image whose pixels all have one value
+    (a black or gray frame, a failed export) holds no radiograph. '' when it has contrast."""
+    import numpy as np
+
+    if image.size and float(np.max(image)) == float(np.min(image)):
+        return f"blank image (every pixel has the value {float(np.min(image)):g})"
+    return ""
+
+
 def refuse(what, reason: str) -> InputRefused:
     """The one-line error the Python API raises for a refused input (a path, or 'array')."""
     return InputRefused(f"{what}: refused by the input gate: {reason} "

@@ -178,7 +178,7 @@ def mixed_folder(tmp_path_factory) -> Path:
     write_dicom(root / "chest_pa.dcm", PIXELS)
     path = write_dicom(root / "lateral.dcm", PIXELS, ViewPosition="LL")
     path.write_bytes(path.read_bytes()[:-4000])  # truncated pixels: never decoded
-    cv2.imwrite(str(root / "photo.png"), np.full((32, 32), 128, np.uint8))
+    cv2.imwrite(str(root / "photo.png"), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1)))
     write_dicom(root / "nopixels.dcm", None)
     for name in ("CT_small.dcm", "MR_small.dcm", "test-SR.dcm", "liver_1frame.dcm",
                  "rtstruct.dcm", "SC_rgb_jpeg_gdcm.dcm"):
@@ -245,3 +245,26 @@ def test_api_applies_the_same_gate(bundle_dir, mixed_folder):
             model.predict([mixed_folder / "chest_pa.dcm", mixed_folder / "lateral.dcm"])
     with hamedge.load(bundle_dir, backend="onnxruntime", accept_any=True) as model:
         assert model.predict(mixed_folder / "CT_small.dcm").image_size == (128, 128)
+
+
+def test_a_blank_image_is_refused_by_infer_and_the_api(bundle_dir, tmp_path):
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "black.png"), np.zeros((48, 48), np.uint8))
+    cv2.imwrite(str(folder / "ramp.png"), np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1)))
+    write_dicom(folder / "blank_pa.dcm", np.full((64, 64), 700, np.uint16))  # tags pass, pixels do not
+    out = tmp_path / "out"
+    assert run_app(["infer", str(folder), "--model", str(bundle_dir), "--out", str(out),
+                    "--heatmaps", "none", "--quiet"]) == 0
+    rows = _rows(out)
+    assert rows["ramp.png"]["status"] == "ok"
+    for name in ("black.png", "blank_pa.dcm"):
+        assert rows[name]["status"] == "refused" and rows[name]["reason"].startswith("blank image")
+        assert rows[name]["gate"]["verdict"] == REFUSED
+    with hamedge.load(bundle_dir, backend="onnxruntime") as model:
+        with pytest.raises(InputRefused, match="blank image"):
+            model.predict(np.full((40, 40), 0.5, np.float32))
+        with pytest.raises(InputRefused, match="blank image"):
+            model.predict(folder / "black.png")
+    with hamedge.load(bundle_dir, backend="onnxruntime", accept_any=True) as model:
+        assert model.predict(folder / "black.png").image_size == (48, 48)

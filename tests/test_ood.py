@@ -153,7 +153,7 @@ def test_threshold_decides_and_accept_any_skips_it(gated_bundle, untagged_folder
     assert all(r["status"] == "ok" and "ood_distance" not in r["gate"] for r in rows)
     with hamedge.load(strict, backend="onnxruntime") as model:
         with pytest.raises(InputRefused, match="^array: refused by the input gate: out of distribution"):
-            model.predict(np.zeros((32, 32), np.uint8))
+            model.predict(np.tile(np.arange(32, dtype=np.uint8), (32, 1)))  # not blank: the OOD rule
         assert model.predict(untagged_folder / "chest.dcm").image_size == (64, 64)
     with hamedge.load(strict, backend="onnxruntime", accept_any=True) as model:
         assert model.predict(np.zeros((32, 32), np.uint8)).image_size == (32, 32)

@@ -102,6 +102,11 @@ def test_bad_requests_get_reasons_and_the_server_keeps_serving(server, nih_image
         ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
         with pytest.raises(ServerError, match="refused by the input gate"):
             client.infer_file(ct)  # a CT slice is not a chest radiograph
+        import cv2
+
+        png = cv2.imencode(".png", np.zeros((32, 32), np.uint8))[1].tobytes()
+        with pytest.raises(ServerError, match="blank image"):
+            client.infer_file(png)  # a blank frame holds no radiograph
         assert client.infer_file(nih_images[1])["height"] > 0
         assert client.ready()
 
@@ -130,7 +135,7 @@ def test_health_and_metrics_without_patient_data(server, tmp_path):
     from hamedge.client import Client
 
     dicom = tmp_path / "named.dcm"
-    write_dicom(dicom, np.full((64, 64), 1000, np.uint16))  # PatientName Test^Patient
+    write_dicom(dicom, np.tile(np.arange(64, dtype=np.uint16) * 50, (64, 1)))  # PatientName Test^Patient
     with Client(server.config.http_url, timeout=30) as client:
         client.infer_file(dicom)
     with urllib.request.urlopen(server.config.http_url + "/v2/health/ready", timeout=5) as reply:

@@ -277,7 +277,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
     bundle's hamedge.ood.OODModel, see usable_ood) scores files without DICOM tags; unused when
     the gate is off.
     """
-    from hamedge.gate import check_file
+    from hamedge.gate import REFUSED, blank_reason, check_file
     from hamedge.io import collect_warnings, image_size, read_image_with_notes
     from hamedge.preprocess import preprocess
 
@@ -330,6 +330,11 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                     item.gate = {"verdict": OFF}
                 image, notes = read_image_with_notes(path, reduce_to)
                 item.notes = list(dict.fromkeys(item.notes + notes))
+                blank = blank_reason(image) if options.gate.enabled else ""
+                if blank:
+                    item.gate.update(verdict=REFUSED, reason=blank)
+                    item.refused = blank
+                    return item
                 item.size = (int(image.shape[0]), int(image.shape[1]))
                 if reduce_to:  # boxes and heatmaps are at the file's full size
                     item.size = image_size(path) or item.size

@@ -70,7 +70,7 @@ def decode_one(data: bytes, spec, channels: int, scratch: Path):
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        from hamedge.gate import GateSettings, check_file
+        from hamedge.gate import GateSettings, blank_reason, check_file
 
         try:
             verdict, _ = check_file(name, GateSettings())  # the input gate of `hamedge infer`
@@ -82,6 +82,8 @@ def decode_one(data: bytes, spec, channels: int, scratch: Path):
             image = read_image(name)
         except Exception as exc:
             raise DataError(_reason(exc, name)) from None
+        if blank_reason(image):
+            raise DataError(f"refused by the input gate: {blank_reason(image)}")
     finally:
         os.unlink(name)
     return preprocess(image, spec, channels), (int(image.shape[0]), int(image.shape[1]))
