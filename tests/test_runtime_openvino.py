@@ -139,3 +139,45 @@ def test_infer_prints_the_auto_choice_and_its_reason(bundle, tmp_path, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert "backend: " in err and "fastest CPU runtime" in err and "no TensorRT engine" in err
+
+
+def test_folder_runs_keep_every_throughput_request_busy(bundle, tmp_path):
+    """`hamedge infer` submits whole batches and keeps as many in flight as the compiled model
+    has parallel requests; the rows are those of one-at-a-time calls, in order."""
+    import json
+
+    from PIL import Image
+
+    from hamedge.gate import GateSettings
+    from hamedge.pipeline import InferOptions, run_inference
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = np.add.outer(np.arange(80), np.arange(70)).astype(np.uint8)
+    for i in range(7):  # batches of 2, 2, 2 and a last one of 1
+        Image.fromarray(np.roll(ramp, 9 * i, axis=0)).save(folder / f"x{i}.png")
+    options = dict(batch=2, heatmaps="none", gate=GateSettings(accept_any=True))
+    rows = {}
+    for use in ("latency", "throughput"):
+        with open_backend(bundle, "openvino", "fp32", use=use) as backend:
+            busiest, outstanding, submit = [0], [], backend.submit
+
+            def counting_submit(batch, submit=submit, outstanding=outstanding, busiest=busiest):
+                future = submit(batch)
+                outstanding.append(future)
+                busiest[0] = max(busiest[0], sum(not f.done() for f in outstanding))
+                return future
+
+            backend.submit = counting_submit
+            summary = run_inference([folder], backend, tmp_path / use, InferOptions(**options))
+            assert summary.ok == 7
+            if use == "throughput":
+                assert backend.parallel_requests >= 2
+                assert len(outstanding) == 4  # whole batches, not split per request
+                assert busiest[0] >= 2, "the pipeline waited on each batch before submitting the next"
+            else:
+                assert backend.parallel_requests == 1
+        rows[use] = [json.loads(line) for line in (tmp_path / use / "results.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows["latency"]] == [r["path"] for r in rows["throughput"]]
+    for a, b in zip(rows["latency"], rows["throughput"]):
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)

@@ -179,6 +179,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
 
     images = [read_image(f) for f in files]
     load_start, cpu_start = load_average(), cpu_snapshot()
+    folder_runs: dict = {}  # each configuration opened for throughput, for the "infer" mode
     for batch_size in opts.batch_sizes:
         chunk = cycle(files, batch_size)
         pics = [images[files.index(f)] for f in chunk]
@@ -199,7 +200,13 @@ def run_bench(opts: BenchOptions, log: Log = print) -> dict[str, Any]:
                         lambda: end_to_end(backend, chunk, spec, stages), rule,
                         artifact_size(backend), log, stages=stages)
         for backend in opened:
-            time_infer(results, backend, files, batch_size, rule, artifact_size(backend), out, log)
+            if backend not in folder_runs:  # as `hamedge infer` opens it
+                folder_runs[backend] = open_config(bundle, backend.name, backend.precision,
+                                                   threads, use="throughput")
+            runner = folder_runs[backend]
+            time_infer(results, runner, files, batch_size, rule, artifact_size(runner), out, log)
+    for runner in folder_runs.values():
+        runner.close()
     fill_speedups(results)
     check_load(results, load_start, cpu_start)
 

@@ -113,7 +113,8 @@ def time_infer(results, backend, files: list[Path], batch: int, rule: lat.StopRu
                out: Path, log: Log) -> None:
     """Mode "infer": throughput of `hamedge infer`'s pipelined path (hamedge.pipeline: reader
     threads decode and preprocess while the backend runs; predictions with boxes, heatmaps
-    refined for the positive findings; no files written) over max(4 x batch, 16) files. One
+    refined for the positive findings; no files written) over max(4 x batch, 16) files, with
+    ``backend`` opened for throughput as `hamedge infer` opens it. One
     sample = one whole run, so a few runs suffice (the figure is a throughput)."""
     import itertools
     import shutil
@@ -127,7 +128,7 @@ def time_infer(results, backend, files: list[Path], batch: int, rule: lat.StopRu
         files_n = itertools.islice(itertools.cycle(files), count)
         for i, f in enumerate(files_n):  # distinct names: the pipeline skips duplicates
             (folder / f"{i:04d}{Path(f).suffix}").symlink_to(Path(f).resolve())
-        options = InferOptions(batch=batch, workers=2, heatmaps="none")
+        options = InferOptions(batch=batch, heatmaps="none")  # readers: one per usable core, as infer
         infer_rule = lat.StopRule(iterations=min(rule.iterations or 3, 3), warmup=min(rule.warmup, 1))
 
         def run() -> None:

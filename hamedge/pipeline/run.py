@@ -361,15 +361,25 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                 pending: deque = deque()
                 it = iter(todo)
                 batch: list[_Item] = []
+                # batches submitted to the backend and not yet handed to the writer: an
+                # asynchronous backend (openvino's throughput streams) keeps all its requests busy
+                # while this thread collects the next batch
+                running: deque = deque()
+                parallel = max(1, backend.parallel_requests)
+
+                def collect(keep: int) -> None:
+                    while len(running) > keep:
+                        items, future = running.popleft()
+                        writer.put(items, future.result())
 
                 def flush() -> None:
                     if batch:
                         tensors = np.stack([b.tensor for b in batch])
-                        raw = backend.run(tensors)
                         for b in batch:
                             b.tensor = None  # free the input early
-                        writer.put(list(batch), raw)
+                        running.append((list(batch), backend.submit(tensors)))
                         batch.clear()
+                        collect(parallel - 1)
 
                 while True:
                     while len(pending) < window:  # bounded: at most `window` files in flight
@@ -388,6 +398,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                     if len(batch) == options.batch:
                         flush()
                 flush()
+                collect(0)
         finally:
             writer.finish()
         summary.seconds = time.perf_counter() - start

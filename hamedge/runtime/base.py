@@ -94,6 +94,12 @@ class Backend:
     def on_cpu(self) -> bool:
         return str(self.device).startswith("cpu")
 
+    @property
+    def parallel_requests(self) -> int:
+        """How many batches ``submit`` can have running at once; callers that stream batches
+        (folder runs) keep this many in flight. 1 for backends whose ``submit`` runs at once."""
+        return 1
+
     def last_inference_time(self) -> float | None:
         """Seconds the runtime spent computing the last ``run`` (summed over its chunks), without
         hamedge's own host work around it; on a GPU the device's time, measured by the backend.

@@ -188,6 +188,11 @@ class OpenVINOBackend(Backend):
         out = [np.array(request.get_tensor(name).data, dtype=np.float32) for name in OUTPUT_NAMES]
         return RawOutputs(*out, self.heatmaps_refined)
 
+    @property
+    def parallel_requests(self) -> int:
+        # the THROUGHPUT hint's streams each take one request; LATENCY runs one at a time
+        return len(self._infer_queue()) if self.use == "throughput" else 1
+
     def _infer_queue(self):
         if self._queue is None:
             jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
