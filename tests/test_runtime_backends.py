@@ -63,13 +63,32 @@ def test_onnxruntime_matches_torch_reference(bundle_dir):
     np.testing.assert_allclose(a.attention_maps, b.attention_maps, atol=1e-4 * scale)
 
 
-def test_onnxruntime_int8_uses_cpu_graph_and_stays_close(bundle_dir):
+def test_onnxruntime_int8_runs_the_graph_measured_fastest_and_stays_close(bundle_dir, monkeypatch,
+                                                                       tmp_path):
+    monkeypatch.setenv("HAMEDGE_CACHE", str(tmp_path / "cache"))
     with open_backend(bundle_dir, "onnxruntime", "int8") as q, \
             open_backend(bundle_dir, "onnxruntime", "fp32") as f:
-        assert q.model_path.name == "model.int8.cpu.onnx"
+        choice = q.int8_choice
+        assert set(choice.ms) == {"model.int8.onnx", "model.int8.cpu.onnx"} and not choice.cached
+        assert q.model_path.name == choice.chosen == min(choice.ms, key=choice.ms.get)
         x = _batch(1)
         dq = np.abs(q.run(x).class_probs - f.run(x).class_probs).max()
     assert dq < 0.1  # random weights and calibration: loose, but it catches a broken graph
+    with open_backend(bundle_dir, "onnxruntime", "int8") as again:
+        assert again.int8_choice.cached and again.model_path.name == choice.chosen
+
+
+def test_onnxruntime_int8_measures_only_graphs_the_guard_passed(bundle_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("HAMEDGE_CACHE", str(tmp_path / "cache"))
+    bundle = Bundle.open(bundle_dir)
+    refused = {"model.int8.cpu.onnx": "the export guard measured a mean AUC drop of 0.02"}
+    monkeypatch.setattr(Bundle, "guard_refusal",
+                        lambda self, backend, precision, rel=None: refused.get(rel))
+    with open_backend(bundle, "onnxruntime", "int8") as q:
+        assert q.model_path.name == "model.int8.onnx" and q.int8_choice is None
+    refused["model.int8.onnx"] = "both refused"
+    with pytest.raises(HamedgeError, match="AUC drop of 0.02|both refused"):
+        open_backend(bundle, "onnxruntime", "int8")
 
 
 def test_batch_is_split_at_max_batch_and_results_are_independent(bundle_dir):

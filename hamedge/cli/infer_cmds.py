@@ -245,6 +245,9 @@ def _infer(paths, model, out, backend, precision, device, options, json_out, qui
         if backend == "auto" and not quiet and bundle is not None:
             console.print(f"backend: {runner.description} ({runner.selection_reason})",
                           highlight=False, soft_wrap=True)
+        if runner.int8_choice is not None and not quiet:
+            console.print(runner.int8_choice.reason(f"int8 graph {runner.int8_choice.chosen}"),
+                          highlight=False, soft_wrap=True)
         ood = usable_ood(bundle, runner) if options.gate.enabled and bundle is not None else None
         on_record = None
         if json_out:

@@ -53,6 +53,8 @@ class Backend:
     devices: tuple[str, ...] = ()  # device kinds it can run on ("cpu", "cuda", "gpu")
     requires: tuple[str, ...] = ()  # importable packages it needs (checked without importing)
     install_hint = ""  # how to get them, one line
+    # INT8 only: hamedge.runtime.measure.Choice of the bundle's Q/DQ graph measured fastest here
+    int8_choice = None
 
     def __init__(self, spec, input_channels: int, precision: str, device: str,
                  heatmaps_refined: bool = False, max_batch: int | None = None,

@@ -1,7 +1,7 @@
 """Choices made by measuring on this machine, remembered under hamedge.cache's root.
 
-`--backend auto` choosing between CPU runtimes and OpenVINO choosing between a bundle's two INT8
-graphs both time the candidates once on a fixed batch and keep the answer in
+`--backend auto` choosing between CPU runtimes, and ONNX Runtime (CPU) and OpenVINO each choosing
+between a bundle's two INT8 graphs, all time the candidates once on a fixed batch and keep the answer in
 <cache>/measured/<key hash>.json, keyed by everything the answer depends on (the graph files'
 sha256, the CPU, the core count, the runtime versions, the precision); a changed key measures
 again. No torch.
@@ -121,3 +121,26 @@ def fastest(key: dict, candidates: dict[str, Callable[[], object]], remember: bo
         except OSError:
             pass  # a read-only cache only costs a measurement next time
     return Choice(chosen, ms, False, failures)
+
+
+def fastest_int8(bundle, backend: str, key: dict,
+                 open_graph: Callable[[Path], object]) -> tuple[Path, Choice | None]:
+    """The bundle's INT8 graph that ``backend`` runs fastest here, among those its export guard
+    passed for that backend's arithmetic, and the measurement (None when only one competes).
+    ``open_graph(path)`` opens one graph as a Backend; ``key`` says what else the answer depends
+    on (runtime version, device, threads)."""
+    from hamedge.bundle import INT8_GRAPHS
+    from hamedge.errors import HamedgeError
+
+    files = [rel for rel in INT8_GRAPHS.values() if bundle.has(rel)]
+    if not files:
+        return bundle.path_for("int8", "cpu"), None  # raises the bundle's one-line error
+    refusals = [bundle.guard_refusal(backend, "int8", rel) for rel in files]
+    if all(refusals):
+        raise HamedgeError(refusals[0])
+    files = [rel for rel, refusal in zip(files, refusals) if not refusal]
+    if len(files) == 1:
+        return bundle.root / files[0], None
+    key = {"choice": f"{backend} int8 graph", **key, "graphs": {f: bundle.files[f] for f in files}}
+    choice = fastest(key, {f: (lambda f=f: open_graph(bundle.root / f)) for f in files})
+    return bundle.root / choice.chosen, choice

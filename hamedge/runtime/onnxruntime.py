@@ -52,9 +52,9 @@ def choose_providers(device: str | None, available: list[str]) -> list:
 
 
 def graph_target(providers: list[str]) -> str:
-    """Which of the bundle's graphs suits the first provider: the U8S8 INT8 form is ONNX Runtime's
-    fast path on x86 CPUs; on the CUDA provider the symmetric S8S8 form (the TensorRT one) is
-    the one its QDQ kernels fuse."""
+    """Which of the bundle's graphs suits the first provider, where nothing is measured: on the
+    CUDA provider the symmetric S8S8 form (the TensorRT one) is the one its QDQ kernels fuse.
+    On the CPU provider INT8 is measured (OnnxRuntimeBackend._fastest_int8)."""
     return "cpu" if providers[0] == "CPUExecutionProvider" else "tensorrt"
 
 
@@ -85,13 +85,28 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None, use: str = "latency") -> None:
         self.check_precision(precision)
         providers = choose_providers(device, available_providers())
-        path = bundle.path_for(precision, graph_target(providers))
-        if precision == "int8":
-            path = _guarded_int8(bundle, path)
+        if precision == "int8" and providers == ["CPUExecutionProvider"]:
+            # the U8S8 form is usually ONNX Runtime's fast path on x86, but not on every CPU
+            # (ARM, x86 without VNNI): measured once per machine and remembered
+            path, self.int8_choice = self._fastest_int8(bundle, threads)
+        else:
+            path = bundle.path_for(precision, graph_target(providers))
+            if precision == "int8":
+                path = _guarded_int8(bundle, path)
         # "throughput" (folder runs): idle intra-op threads sleep instead of spinning on the cores
         # the pipeline's readers and heatmap writers need (benchmarks/infer_bound.py)
         self._open(path, bundle.spec, bundle.graph, precision, providers, threads,
                    spinning=use != "throughput")
+
+    @classmethod
+    def _fastest_int8(cls, bundle, threads: int | None):
+        import onnxruntime as ort
+
+        from hamedge.runtime.measure import fastest_int8
+
+        key = {"onnxruntime": ort.__version__, "device": "cpu", "threads": threads}
+        return fastest_int8(bundle, cls.name, key, lambda path: cls.from_graph(
+            path, bundle.spec, bundle.graph, "int8", "cpu", threads))
 
     @classmethod
     def from_graph(cls, path, spec, graph, precision: str = "fp32", device: str | None = "cpu",

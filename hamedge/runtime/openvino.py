@@ -106,7 +106,7 @@ class OpenVINOBackend(Backend):
         if precision == "int8":
             path, self.int8_choice = self._fastest_int8(bundle, device, threads, use, cache)
         else:
-            path, self.int8_choice = bundle.path_for(precision, "cpu"), None
+            path = bundle.path_for(precision, "cpu")
         self._open(path, bundle.spec, bundle.graph, precision, device, threads, use, cache)
 
     @classmethod
@@ -116,7 +116,6 @@ class OpenVINOBackend(Backend):
         """Run one ONNX graph file that is not (yet) in a bundle (the export guard's graphs)."""
         cls.check_precision(precision)
         self = cls.__new__(cls)
-        self.int8_choice = None
         self._open(Path(path), spec, graph, precision, device, threads, use, cache)
         return self
 
@@ -160,28 +159,12 @@ class OpenVINOBackend(Backend):
     # -- INT8: the faster of the bundle's two Q/DQ graphs ------------------------------------------
     @classmethod
     def _fastest_int8(cls, bundle, device, threads, use, cache) -> tuple[Path, object | None]:
-        from hamedge.bundle import INT8_GRAPHS
-        from hamedge.runtime.measure import fastest
+        from hamedge.runtime.measure import fastest_int8
 
-        files = [rel for rel in INT8_GRAPHS.values() if bundle.has(rel)]
-        if not files:
-            return bundle.path_for("int8", "cpu"), None  # raises the bundle's one-line error
-        # only graphs the export guard passed for OpenVINO's arithmetic compete
-        refusals = [bundle.guard_refusal(cls.name, "int8", rel) for rel in files]
-        if all(refusals):
-            raise HamedgeError(refusals[0])
-        files = [rel for rel, refusal in zip(files, refusals) if not refusal]
-        if len(files) == 1:
-            return bundle.root / files[0], None
-        ov = _import_openvino()
-        key = {"choice": "openvino int8 graph", "openvino": ov.__version__,
-               "device": (device or "cpu").lower(), "threads": threads, "use": use,
-               "graphs": {f: bundle.files[f] for f in files}}
-        candidates = {f: (lambda f=f: cls.from_graph(bundle.root / f, bundle.spec, bundle.graph,
-                                                     "int8", device, threads, use, cache))
-                      for f in files}
-        choice = fastest(key, candidates)
-        return bundle.root / choice.chosen, choice
+        key = {"openvino": _import_openvino().__version__, "device": (device or "cpu").lower(),
+               "threads": threads, "use": use}
+        return fastest_int8(bundle, cls.name, key, lambda path: cls.from_graph(
+            path, bundle.spec, bundle.graph, "int8", device, threads, use, cache))
 
     # -- running -----------------------------------------------------------------------------------
     def _outputs(self, request) -> RawOutputs:
