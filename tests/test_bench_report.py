@@ -281,6 +281,15 @@ def test_reference_goals_are_judged_at_every_batch_and_with_the_budget():
     assert r50_int8["met"] is False and "accuracy not measured" in r50_int8["note"]
     # a mode that was not measured is said, not judged
     assert rows["default", "onnxruntime/int8", "infer"]["met"] is None
+    # the pipeline / model-only goal is a ratio of one configuration's two throughputs
+    for batch, model_ms, infer_ms in ((1, 10.0, 10.5), (8, 80.0, 100.0)):
+        r50["latency"].append(_entry("openvino", "int8", batch, "model", model_ms))
+        r50["latency"].append(_entry("openvino", "int8", batch, "infer", infer_ms))
+    results.fill_speedups(r50)
+    share = {(r["model"], r["config"], r["mode"]): r
+             for r in mod.goal_rows({"default": default, "resnet50": r50})}["resnet50", "openvino/int8", "infer"]
+    assert share["batches"] == {1: pytest.approx(10 / 10.5, abs=1e-3), 8: pytest.approx(0.8)}
+    assert share["met"] is False and "vs 0.9x: missed by 0.10x" in share["note"]
     assert "not run in mode infer" in rows["default", "onnxruntime/int8", "infer"]["note"]
 
 
