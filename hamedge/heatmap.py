@@ -10,7 +10,7 @@ to the original image (a display, not a measurement).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -42,7 +42,9 @@ class Box:
     area: int  # region pixels (not the box's w*h), scaled to original-image pixels
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies every field, and a row can carry many boxes
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": self.score,
+                "area": self.area}
 
 
 def boxes_from_mask(mask: np.ndarray, heatmap: np.ndarray,

@@ -73,3 +73,12 @@ def test_save_heatmap_kinds(tmp_path, kind, suffix):
         assert loaded.shape[:2] == (50, 70)
         assert loaded.ndim == (3 if kind == "overlay" else 2)
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_box_to_dict_has_every_field():
+    import dataclasses
+
+    from hamedge.heatmap import Box
+
+    box = Box(1, 2, 3, 4, 0.5, 12)
+    assert box.to_dict() == dataclasses.asdict(box)
