@@ -48,6 +48,11 @@ SYNTAX_PACKAGES: dict[str, tuple[str, ...]] = {
     uid.HTJ2K: ("pylibjpeg-openjpeg",),
 }
 
+# The JPEG 2000 family: one codestream syntax, so a frame can also be decoded at reduced
+# resolution (hamedge.io, through Pillow's OpenJPEG).
+JPEG2000_SYNTAXES = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
+                               uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+
 LICENCES = {
     "pydicom": "MIT", "python-gdcm": "BSD-3-Clause", "pylibjpeg": "MIT",
     "pylibjpeg-openjpeg": "MIT", "pylibjpeg-rle": "MIT", "pyjpegls": "BSD-3-Clause (CharLS)",
