@@ -231,3 +231,21 @@ def test_pipeline_results_are_at_full_size(tmp_path, files):
         assert max(b["x"] + b["w"] for b in boxes) > 128  # at the file's scale, not the decoded 128 px
         diff = max(abs(full[name]["probabilities"][k] - row["probabilities"][k]) for k in row["probabilities"])
         assert diff < 0.05, (name, diff)
+
+
+def test_htj2k_dicom_reduces(tmp_path, xray):
+    """HTJ2K (.4.201) through the same path: Pillow's OpenJPEG (>= 2.5) decodes it. No HTJ2K
+    encoder is a dependency here; imagecodecs (OpenJPH) writes the codestream where installed."""
+    imagecodecs = pytest.importorskip("imagecodecs", reason="imagecodecs (an HTJ2K encoder) not installed")
+    from pydicom.encaps import encapsulate
+
+    ds = dicom_encodings.dx_dataset(xray, 8)
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(xray)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2KLossless
+    path = tmp_path / "htj2k.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full, small = read_image(path), read_image(path, reduce_to=512)
+    assert np.array_equal(full, xray) and small.dtype == np.uint8 and small.shape == (512, 512)
+    mean, p99 = _close(full, small)
+    assert mean < 0.01 and p99 < 0.04, (mean, p99)
