@@ -1,9 +1,9 @@
 """Reading X-ray files into arrays, and finding them in folders. No torch.
 
 ``read_image(path)`` always returns a 2-D array:
-- ``uint8`` for 8-bit sources (8-bit PNG/JPEG/TIFF/BMP, plain 8-bit DICOM), unchanged pixel values,
+- ``uint8`` for 8-bit sources (8-bit PNG/JPEG/JPEG 2000/TIFF/BMP, plain 8-bit DICOM), unchanged values,
   so the reference's PIL pipeline is reproduced bit for bit by hamedge.preprocess;
-- ``float32`` in [0, 1] for everything else (16-bit PNG/TIFF: value / 65535; DICOM after its
+- ``float32`` in [0, 1] for everything else (16-bit PNG/TIFF/JPEG 2000: value / 65535; DICOM after its
   modality and VOI transforms, see ``_read_dicom``).
 Colour files become gray with ITU-R 601 luma (Pillow's convert("L") for 8-bit). An X-ray saved
 as RGB has three equal channels and so keeps its exact values; alpha is ignored. DICOM is

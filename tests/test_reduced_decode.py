@@ -249,3 +249,13 @@ def test_htj2k_dicom_reduces(tmp_path, xray):
     assert np.array_equal(full, xray) and small.dtype == np.uint8 and small.shape == (512, 512)
     mean, p99 = _close(full, small)
     assert mean < 0.01 and p99 < 0.04, (mean, p99)
+
+
+def test_16bit_jpeg2000_file_reduces_as_float(tmp_path, xray):
+    path = tmp_path / "x16.jp2"
+    cv2.imwrite(str(path), (xray.astype(np.uint16) << 8) | xray)
+    full, small = read_image(path), read_image(path, reduce_to=256)
+    assert full.dtype == small.dtype == np.float32 and small.shape == (256, 256)
+    assert full.max() == small.max() == 1.0  # value / 65535, as the full decode
+    mean, p99 = _close(full, small)
+    assert mean < 0.02 and p99 < 0.1, (mean, p99)
