@@ -48,6 +48,11 @@ SYNTAX_PACKAGES: dict[str, tuple[str, ...]] = {
     uid.HTJ2K: ("pylibjpeg-openjpeg",),
 }
 
+# The JPEG 2000 family: one codestream syntax, so a frame can also be decoded at reduced
+# resolution (hamedge.io, through Pillow's OpenJPEG).
+JPEG2000_SYNTAXES = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
+                               uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+
 LICENCES = {
     "pydicom": "MIT", "python-gdcm": "BSD-3-Clause", "pylibjpeg": "MIT",
     "pylibjpeg-openjpeg": "MIT", "pylibjpeg-rle": "MIT", "pyjpegls": "BSD-3-Clause (CharLS)",
@@ -120,19 +125,14 @@ def _jpeg_frame(src: bytes) -> tuple[int, int, int, int] | None:
 
 def _j2k_frame(src: bytes) -> tuple[int, int, int, int] | None:
     """(max precision, height, width, components) from a JPEG 2000 codestream's SIZ segment."""
-    start = src.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a JP2 file wraps the codestream)
-    if start < 0 or start > 512:
+    import io
+
+    from hamedge import jpeg2000
+
+    header = jpeg2000.read_header(io.BytesIO(src))  # a bare codestream, or one in a JP2 file
+    if header is None:
         return None
-    seg = src[start + 4:]
-    if len(seg) < 38:
-        return None
-    xsiz, ysiz = int.from_bytes(seg[4:8], "big"), int.from_bytes(seg[8:12], "big")
-    xo, yo = int.from_bytes(seg[12:16], "big"), int.from_bytes(seg[16:20], "big")
-    comps = int.from_bytes(seg[36:38], "big")
-    if len(seg) < 38 + 3 * comps or comps == 0:
-        return None
-    precision = max((seg[38 + 3 * i] & 0x7F) + 1 for i in range(comps))
-    return precision, ysiz - yo, xsiz - xo, comps
+    return max(header.precisions), header.height, header.width, header.components
 
 
 def _frame_fits(src: bytes, runner) -> None:

@@ -1,9 +1,9 @@
 """Reading X-ray files into arrays, and finding them in folders. No torch.
 
 ``read_image(path)`` always returns a 2-D array:
-- ``uint8`` for 8-bit sources (8-bit PNG/JPEG/TIFF/BMP, plain 8-bit DICOM), unchanged pixel values,
+- ``uint8`` for 8-bit sources (8-bit PNG/JPEG/JPEG 2000/TIFF/BMP, plain 8-bit DICOM), unchanged values,
   so the reference's PIL pipeline is reproduced bit for bit by hamedge.preprocess;
-- ``float32`` in [0, 1] for everything else (16-bit PNG/TIFF: value / 65535; DICOM after its
+- ``float32`` in [0, 1] for everything else (16-bit PNG/TIFF/JPEG 2000: value / 65535; DICOM after its
   modality and VOI transforms, see ``_read_dicom``).
 Colour files become gray with ITU-R 601 luma (Pillow's convert("L") for 8-bit). An X-ray saved
 as RGB has three equal channels and so keeps its exact values; alpha is ignored. DICOM is
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hamedge import jpeg2000
 from hamedge.errors import DataError
 
 # Largest image decoded, in pixels (width x height of the one frame read): twice the largest
@@ -42,7 +43,8 @@ MAX_PIXELS = 40_000_000
 MAX_DICOM_BYTES = 1 << 30
 _log = logging.getLogger("hamedge.io")
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+JPEG2000_SUFFIXES = frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpx", ".jpf"})  # Pillow's names
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}) | JPEG2000_SUFFIXES
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 _LUMA = (0.299, 0.587, 0.114)
@@ -189,10 +191,11 @@ def read_image(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndar
     """Read an X-ray file into a 2-D array (uint8 for 8-bit sources, else float32 in [0, 1]).
 
     ``reduce_to``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (the decoder's DCT
-    scaling, far less work) while both sides stay at least this many pixels. Those pixels differ
-    from a full decode followed by the resize, so callers opt in (``hamedge infer
-    --reduced-decode``) and take the file's full size from ``image_size``. Other formats, and
-    None, decode in full."""
+    scaling, far less work), and a JPEG 2000 file or DICOM JPEG 2000 / HTJ2K frame at 1/2**r
+    (only the wavelet levels needed, at most the codestream's decomposition levels), while both
+    sides stay at least this many pixels. Those pixels differ from a full decode followed by the
+    resize, so callers opt in (``hamedge infer --reduced-decode``) and take the file's full size
+    from ``image_size``. Other formats, and None, decode in full."""
     image, notes = read_image_with_notes(path, reduce_to)
     for note in notes:
         _log.info("%s: %s", path, note)
@@ -206,7 +209,7 @@ def _read(path: Path, reduce_to: int | None = None) -> np.ndarray:
             raise DataError(f"{path}: empty file")
         handle.seek(0)
         if (len(head) == 132 and head[128:132] == b"DICM") or path.suffix.lower() in DICOM_SUFFIXES:
-            image = _read_dicom(path, handle)
+            image = _read_dicom(path, handle, reduce_to)
         else:
             image = _read_raster(path, handle, head, reduce_to)
     if image.dtype.kind == "f" and not np.isfinite(image).all():
@@ -215,8 +218,10 @@ def _read(path: Path, reduce_to: int | None = None) -> np.ndarray:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(height, width) of a PNG/JPEG/TIFF/BMP from its header without decoding it; None for
-    files Pillow cannot open (DICOM)."""
+    """(height, width) of the file's image from its header, without decoding pixels: DICOM from
+    Rows and Columns, other formats through Pillow; None when the header cannot be read."""
+    if is_dicom(path) or Path(path).suffix.lower() in DICOM_SUFFIXES:
+        return _dicom_size(path)
     from PIL import Image
 
     try:
@@ -224,6 +229,19 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
             return int(pil.size[1]), int(pil.size[0])
     except Exception:
         return None
+
+
+def _dicom_size(path) -> tuple[int, int] | None:
+    import pydicom
+
+    try:
+        with collect_warnings(), open_regular(path) as handle:  # read_image reported them already
+            ds = pydicom.dcmread(handle, force=True, stop_before_pixels=True,
+                                 specific_tags=["Rows", "Columns"])
+            rows, columns = int(ds.Rows), int(ds.Columns)
+    except Exception:
+        return None
+    return (rows, columns) if rows > 0 and columns > 0 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +264,21 @@ def _gray(array: np.ndarray) -> np.ndarray:
 
 
 def _read_raster(path: Path, handle, head: bytes, reduce_to: int | None = None) -> np.ndarray:
+    levels = 0
+    if reduce_to and jpeg2000.is_jpeg2000(head):
+        header = jpeg2000.read_header(handle)
+        handle.seek(0)
+        levels = jpeg2000.reduction(header, reduce_to) if header is not None else 0
+    if levels:
+        try:
+            return _decode_raster(path, handle, head, reduce_to, levels)
+        except DataError:  # e.g. a tile-part header with fewer levels than the main header's
+            handle.seek(0)
+    return _decode_raster(path, handle, head, reduce_to, 0)
+
+
+def _decode_raster(path: Path, handle, head: bytes, reduce_to: int | None, j2k_levels: int) -> np.ndarray:
+    """Decode through Pillow; ``j2k_levels``: resolution levels a JPEG 2000 decode drops."""
     from PIL import Image, UnidentifiedImageError
 
     png = _png_header(head)
@@ -260,6 +293,8 @@ def _read_raster(path: Path, handle, head: bytes, reduce_to: int | None = None) 
                        16 if pil.mode.startswith("I;16") else 32 if pil.mode in ("I", "F") else 8)
             if reduce_to and pil.format == "JPEG":
                 pil.draft(pil.mode, (reduce_to, reduce_to))  # DCT scaling; both sides stay >= reduce_to
+            if j2k_levels and pil.format == "JPEG2000":
+                pil.reduce = j2k_levels
             pil.load()  # decode now: truncated or corrupt data fails here
             if getattr(pil, "n_frames", 1) > 1:
                 pil.seek(0)
@@ -325,11 +360,13 @@ def _one_line(exc: BaseException) -> str:
 # DICOM
 
 
-def _read_dicom(path: Path, handle) -> np.ndarray:
+
+def _read_dicom(path: Path, handle, reduce_to: int | None = None) -> np.ndarray:
     """DICOM -> 2-D array.
 
     The header is read first (without the pixel data) and its size checked; then the first
-    frame only is decoded. Colour (RGB/YBR) -> luma; modality LUT (Rescale Slope/Intercept or
+    frame only is decoded (with ``reduce_to``, a JPEG 2000 frame at reduced resolution where
+    `_reduced_j2k_frame` can, else in full). Colour (RGB/YBR) -> luma; modality LUT (Rescale Slope/Intercept or
     Modality LUT Sequence); VOI LUT sequence or window centre/width when present (first
     window), giving [0, 1] through the window; otherwise a min-max stretch of the stored range
     actually used; MONOCHROME1 inverted so that bone is always bright. A plain 8-bit
@@ -374,9 +411,11 @@ def _read_dicom(path: Path, handle) -> np.ndarray:
             available = False
         if not available:
             raise DataError(f"{path}: {decoders.missing_hint(syntax)}")
+    pixels = _reduced_j2k_frame(ds, syntax, reduce_to) if reduce_to else None
     try:
-        ds.pixel_array_options(index=0)  # the first frame only: never all frames of a multi-frame
-        pixels = ds.pixel_array
+        if pixels is None:
+            ds.pixel_array_options(index=0)  # the first frame only: never all frames of a multi-frame
+            pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise DataError(f"{path}: cannot decode {getattr(syntax, 'name', syntax)} pixel data "
                         f"({_decoder_failure(exc)})") from None
@@ -450,6 +489,57 @@ def _read_dicom(path: Path, handle) -> np.ndarray:
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _reduced_j2k_frame(ds, syntax, reduce_to: int) -> np.ndarray | None:
+    """The first frame of a JPEG 2000 / HTJ2K DICOM decoded at reduced resolution (Pillow's
+    OpenJPEG, dropping wavelet levels), with the values and dtype ``ds.pixel_array`` gives; None
+    where the full decode must be used instead: the syntax is not JPEG 2000, the image is
+    signed, colour or subsampled, the codestream disagrees with the DICOM header (size,
+    components, BitsStored against its precision), no reduction applies, or decoding fails."""
+    import io
+
+    from pydicom import encaps
+
+    from hamedge.decoders import JPEG2000_SYNTAXES
+
+    if syntax not in JPEG2000_SYNTAXES or "PixelData" not in ds:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits_stored, allocated = int(ds.BitsStored), int(ds.BitsAllocated)
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0 \
+                or str(ds.get("PhotometricInterpretation", "")).upper() not in ("MONOCHROME1", "MONOCHROME2"):
+            return None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths) \
+            if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds else None
+        frame = encaps.get_frame(ds.PixelData, 0, extended_offsets=extended, number_of_frames=frames)
+    except Exception:  # anything odd: the full decode reports it
+        return None
+    header = jpeg2000.read_header(io.BytesIO(frame))
+    if header is None or header.components != 1 or header.signed[0] \
+            or (header.height, header.width) != (rows, columns) or header.precisions[0] != bits_stored \
+            or allocated not in (8, 16) or bits_stored > allocated:
+        return None
+    levels = jpeg2000.reduction(header, reduce_to)
+    if not levels:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as pil:
+            pil.reduce = levels
+            pil.load()
+            data = np.asarray(pil)
+    except Exception:
+        return None
+    expected = (jpeg2000.reduced_side(rows, levels), jpeg2000.reduced_side(columns, levels))
+    if data.shape != expected or data.dtype not in (np.uint8, np.uint16):
+        return None
+    # Pillow scales samples up to its mode's 8 or 16 bits (left shift): undo it, exactly.
+    data = data >> (8 * data.dtype.itemsize - bits_stored)
+    return np.ascontiguousarray(data, dtype=np.uint8 if allocated == 8 else np.uint16)
 
 
 def _check_dicom_header(path: Path, ds) -> int:

@@ -157,10 +157,11 @@ def infer(
     writers: Optional[int] = typer.Option(None, help="Heatmap-writing threads; default: one per "
                                                      "usable core."),
     reduced_decode: bool = typer.Option(False, "--reduced-decode",
-                                        help="Decode JPEGs at reduced size (1/2, 1/4, 1/8 by DCT "
-                                             "scaling, at least twice the model's input): much "
-                                             "less work, slightly different pixels; not with "
-                                             "--heatmaps overlay."),
+                                        help="Decode JPEG (1/2, 1/4, 1/8 by DCT scaling) and JPEG "
+                                             "2000 files and DICOM frames (only the wavelet levels "
+                                             "needed) at reduced size, at least twice the model's "
+                                             "input: much less work, slightly different pixels; "
+                                             "not with --heatmaps overlay."),
     glob: Optional[str] = typer.Option(None, help="Only files whose path matches, e.g. '*.dcm'."),
     heatmaps: str = typer.Option("overlay", help="overlay | png | npy | none"),
     all_heatmaps: bool = typer.Option(False, "--all-heatmaps",

@@ -56,7 +56,7 @@ class InferOptions:
     batch: int = 8
     workers: int | None = None  # reader threads; None: one per usable core
     writers: int | None = None  # heatmap-encoding threads; None: one per usable core
-    reduced_decode: bool = False  # JPEG at reduced size (DCT scaling); see REDUCED_DECODE_FACTOR
+    reduced_decode: bool = False  # JPEG / JPEG 2000 at reduced size; see REDUCED_DECODE_FACTOR
     glob: str | None = None
     heatmaps: str = "overlay"  # overlay | png | npy | none
     all_heatmaps: bool = False
@@ -82,7 +82,7 @@ class InferOptions:
             raise HamedgeError(f"--dicom-out {self.dicom_out} exists and is not a folder")
 
 
-# A reduced JPEG decode keeps both sides at least this many times the model's input, so the
+# A reduced JPEG / JPEG 2000 decode keeps both sides at least this many times the model's input, so the
 # (antialiased) resize to the input still averages several decoded pixels per input pixel.
 REDUCED_DECODE_FACTOR = 2
 
@@ -336,7 +336,7 @@ def run_inference(inputs, backend, out_dir: str | os.PathLike | None, options: I
                     item.refused = blank
                     return item
                 item.size = (int(image.shape[0]), int(image.shape[1]))
-                if reduce_to:  # boxes and heatmaps are at the file's full size
+                if reduce_to:  # boxes and heatmaps are at the file's full size (DICOM: Rows x Columns)
                     item.size = image_size(path) or item.size
                 item.tensor = preprocess(image, spec, channels)
                 if keep_image or item.header is not None:  # overlays, DICOM Secondary Capture
