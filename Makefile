@@ -21,8 +21,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/hamedge demo --out out/demo
 
+# Two processes: training (torch with DataLoader workers) crashed the interpreter (SIGSEGV) when it
+# ran in the same process after the bench tests had run OpenVINO, ONNX Runtime and torch together;
+# the cause is not yet known, and real training always runs in a process of its own.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore-glob='tests/test_training_*.py'
+	$(PY) -m pytest -q tests/test_training_*.py
 
 # Not part of `make test`: the slim runtime on an emulated arm64 CPU (QEMU), compared with this host
 # (a few minutes; needs root for apt-get/debootstrap and network to Debian and PyPI).
