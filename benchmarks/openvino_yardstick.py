@@ -32,7 +32,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from _common import RESULTS, record_line, run_record
+from _common import RESULTS, load_average, record_line, run_record
 from openvino_vs_ort import default_bundle, input_batch, resnet50_bundle
 
 from hamedge.fsutil import write_text
@@ -167,8 +167,6 @@ def main() -> None:
     if args.only in (None, "resnet50"):
         models.append(measure("resnet50 / stride 8 / 512 (random weights)",
                               resnet50_bundle(args.work), args.seconds))
-    from _common import load_average
-
     record["load_average_1min_after"] = load_average()
     tag = f"cpu{record['machine']['cores']}" + (f"_{args.only}" if args.only else "")
     text = report(record, models) + f"\n1-minute load average after: {record['load_average_1min_after']}\n"
